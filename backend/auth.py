@@ -1,0 +1,272 @@
+"""Token verification: HS256 with the shared secret, or Better Auth's asymmetric keys from JWKS.
+
+Pure: no FastAPI here. `TokenVerifier.verify` turns a compact JWT into an `AuthUser` or raises
+`TokenError`, which the HTTP layer answers with 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+from jwt import PyJWK, PyJWKSet
+from jwt.types import Options
+
+from backend.config import HMAC_ALGORITHMS, Settings
+from backend.models import USER_ID_MAX
+
+logger = logging.getLogger("backend.auth")
+
+MAX_TOKEN_BYTES = 8192
+MAX_KID_LENGTH = 256
+MAX_JWKS_BYTES = 1 << 20
+_ASYMMETRIC_KEY_TYPES = frozenset({"OKP", "EC", "RSA"})
+
+
+class TokenError(Exception):
+    """The bearer token cannot be trusted. `code` is stable; the message is for humans."""
+
+    def __init__(self, message: str, code: str = "invalid_token") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class AuthUser:
+    """Who the verified token speaks for."""
+
+    id: str
+    email: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    jwk: PyJWK
+    declared_algorithm: str | None  # the JWK's own "alg", when it states one
+
+
+class JwksCache:
+    """Public keys from a JWKS endpoint, kept in memory.
+
+    Known keys never cost a network call on the request path. An unknown `kid` (a rotation)
+    triggers one refetch for all waiting requests, at most once per cooldown. A TTL refresh
+    runs in the background. When the endpoint fails, the keys already known keep working.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        client: httpx.AsyncClient,
+        *,
+        ttl: float,
+        cooldown: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self._client = client
+        self._ttl = ttl
+        self._cooldown = cooldown
+        self._clock = clock
+        self._keys: dict[str, _Key] = {}
+        self._fetched_at = float("-inf")
+        self._last_attempt = float("-inf")
+        self._lock = asyncio.Lock()
+        self._background: asyncio.Task[bool] | None = None
+        self.fetch_count = 0
+
+    @property
+    def kids(self) -> frozenset[str]:
+        return frozenset(self._keys)
+
+    async def key_for(self, kid: str) -> _Key:
+        """The key with this id, refetching the JWKS once if the id is new to us."""
+        key = self._keys.get(kid)
+        if key is not None:
+            if self._clock() - self._fetched_at > self._ttl:
+                self._refresh_in_background()
+            return key
+        async with self._lock:
+            key = self._keys.get(kid)  # another request may have refreshed while we waited
+            if key is None and self._clock() - self._last_attempt >= self._cooldown:
+                await self._refresh()
+                key = self._keys.get(kid)
+        if key is None:
+            raise TokenError("Token is signed with an unknown key.", "unknown_key")
+        return key
+
+    async def refresh(self) -> bool:
+        """Fetch the JWKS now (start-up, tests). False if it failed; old keys are kept."""
+        async with self._lock:
+            return await self._refresh()
+
+    async def aclose(self) -> None:
+        if self._background is not None:
+            self._background.cancel()
+            await asyncio.gather(self._background, return_exceptions=True)
+
+    def _refresh_in_background(self) -> None:
+        if self._lock.locked() or (self._background is not None and not self._background.done()):
+            return
+        if self._clock() - self._last_attempt < self._cooldown:
+            return
+        self._background = asyncio.create_task(self.refresh(), name="jwks-refresh")
+
+    async def _refresh(self) -> bool:
+        self._last_attempt = self._clock()
+        self.fetch_count += 1
+        try:
+            keys = await self._fetch()
+        except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
+            logger.warning(
+                "JWKS fetch from %s failed (%s: %s); keeping %d known key(s)",
+                self.url,
+                type(exc).__name__,
+                exc,
+                len(self._keys),
+            )
+            return False
+        added, removed = keys.keys() - self._keys.keys(), self._keys.keys() - keys.keys()
+        if added or removed:
+            logger.info("JWKS keys changed: added %s, removed %s", sorted(added), sorted(removed))
+        self._keys = keys
+        self._fetched_at = self._clock()
+        return True
+
+    async def _fetch(self) -> dict[str, _Key]:
+        response = await self._client.get(self.url, headers={"Accept": "application/json"})
+        response.raise_for_status()
+        if len(response.content) > MAX_JWKS_BYTES:
+            raise ValueError(f"JWKS larger than {MAX_JWKS_BYTES} bytes")
+        document = response.json()
+        if not isinstance(document, dict):
+            raise ValueError("JWKS is not a JSON object")
+        # Symmetric ("oct") keys never come from a JWKS: an HMAC key must not be public.
+        usable = [
+            item
+            for item in document.get("keys", [])
+            if isinstance(item, dict)
+            and item.get("kty") in _ASYMMETRIC_KEY_TYPES
+            and isinstance(item.get("kid"), str)
+        ]
+        declared = {item["kid"]: item.get("alg") for item in usable}
+        return {
+            jwk.key_id: _Key(jwk, declared[jwk.key_id])
+            for jwk in PyJWKSet(usable).keys
+            if jwk.key_id is not None
+        }
+
+
+class TokenVerifier:
+    """Checks signature, algorithm, expiry and (when configured) issuer and audience."""
+
+    def __init__(
+        self,
+        *,
+        algorithms: Collection[str],
+        secret: bytes | None = None,
+        jwks: JwksCache | None = None,
+        issuer: str | None = None,
+        audience: str | None = None,
+        leeway: float = 30,
+    ) -> None:
+        self._algorithms = frozenset(algorithms)
+        self._secret = secret
+        self._jwks = jwks
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway
+        self._options: Options = {"require": ["exp", "sub"], "verify_aud": audience is not None}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, client: httpx.AsyncClient | None) -> TokenVerifier:
+        jwks = None
+        if settings.better_auth_jwks_url is not None and client is not None:
+            jwks = JwksCache(
+                settings.better_auth_jwks_url,
+                client,
+                ttl=settings.jwks_cache_ttl_seconds,
+                cooldown=settings.jwks_refetch_cooldown_seconds,
+            )
+        secret = settings.better_auth_secret
+        return cls(
+            algorithms=settings.jwt_algorithms,
+            secret=secret.get_secret_value().encode() if secret is not None else None,
+            jwks=jwks,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            leeway=settings.jwt_leeway_seconds,
+        )
+
+    @property
+    def jwks(self) -> JwksCache | None:
+        return self._jwks
+
+    async def verify(self, token: str) -> AuthUser:
+        """The user the token speaks for, or `TokenError`."""
+        if len(token) > MAX_TOKEN_BYTES:
+            raise TokenError("Token is too large.")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise TokenError("Token is malformed.") from exc
+
+        # The allowlist comes from configuration; the token only picks among those.
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in self._algorithms:
+            raise TokenError(f"Token algorithm {algorithm!r} is not accepted.")
+        key = await self._key_for(algorithm, header.get("kid"))
+
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=self._leeway,
+                options=self._options,
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise TokenError("Token has expired.", "token_expired") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise TokenError("Token is not valid yet.", "token_not_yet_valid") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise TokenError("Token issuer is not accepted.") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise TokenError("Token audience is not accepted.") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenError(f"Token lacks the {exc.claim!r} claim.") from exc
+        except jwt.PyJWTError as exc:
+            raise TokenError("Token signature or claims are invalid.") from exc
+        return _user_from(claims)
+
+    async def _key_for(self, algorithm: str, kid: object) -> Any:
+        if algorithm in HMAC_ALGORITHMS:
+            return self._secret
+        if self._jwks is None:
+            raise TokenError("Token needs a JWKS key, and none is configured.")
+        if not isinstance(kid, str) or not 0 < len(kid) <= MAX_KID_LENGTH:
+            raise TokenError("Token header has no usable 'kid'.")
+        key = await self._jwks.key_for(kid)
+        if key.declared_algorithm not in (None, algorithm):
+            raise TokenError(f"Key {kid!r} is for {key.declared_algorithm}, not {algorithm}.")
+        return key.jwk.key
+
+
+def _user_from(claims: dict[str, Any]) -> AuthUser:
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not 0 < len(subject) <= USER_ID_MAX:
+        raise TokenError("Token 'sub' is not a usable user id.")
+    email, name = claims.get("email"), claims.get("name")
+    return AuthUser(
+        id=subject,
+        email=email if isinstance(email, str) else None,
+        name=name if isinstance(name, str) else None,
+    )

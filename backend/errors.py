@@ -1,0 +1,151 @@
+"""The API's one error shape, `{"detail": ..., "code": ...}`, and the handlers that produce it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from backend.auth import TokenError
+from backend.middleware import current_request_id
+from backend.responses import JsonResponse, error_response
+
+logger = logging.getLogger("backend.errors")
+
+RETRY_AFTER_SECONDS = "2"
+
+_HTTP_CODES: Mapping[int, str] = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class ApiError(Exception):
+    """An error the client can act on; rendered as JSON with `status_code` and `code`."""
+
+    status_code: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+    headers: ClassVar[Mapping[str, str] | None] = None
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class Forbidden(ApiError):
+    status_code = 403
+    code = "forbidden"
+
+
+class TaskNotFound(ApiError):
+    status_code = 404
+    code = "task_not_found"
+
+    def __init__(self, task_id: int) -> None:
+        super().__init__(f"Task {task_id} was not found.")
+
+
+class UnsupportedMediaType(ApiError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class DatabaseUnavailable(ApiError):
+    status_code = 503
+    code = "database_unavailable"
+    headers: ClassVar[Mapping[str, str] | None] = {"Retry-After": RETRY_AFTER_SECONDS}
+
+
+async def _api_error(_: Request, exc: Exception) -> JsonResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status_code, exc.code, exc.detail, exc.headers)
+
+
+async def _token_error(_: Request, exc: Exception) -> JsonResponse:
+    assert isinstance(exc, TokenError)
+    return error_response(401, exc.code, str(exc), {"WWW-Authenticate": "Bearer"})
+
+
+async def _validation_error(_: Request, exc: Exception) -> JsonResponse:
+    assert isinstance(exc, RequestValidationError)
+    # The offending input is left out: it can be large, and it is the client's own anyway.
+    errors = [
+        {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
+        for error in exc.errors()
+    ]
+    summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:3])
+    return error_response(422, "validation_error", f"Invalid request: {summary}", errors=errors)
+
+
+async def _http_error(_: Request, exc: Exception) -> JsonResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """True when the database could not be reached, as opposed to a statement that failed."""
+    if isinstance(exc, (OSError, TimeoutError, sa_exc.TimeoutError)):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
+            return True
+        return isinstance(exc.orig, OSError) or type(exc.orig).__name__ in _OUTAGE_ERRORS
+    return False
+
+
+# asyncpg's names for "the server is there but will not serve us right now".
+_OUTAGE_ERRORS = frozenset(
+    {
+        "CannotConnectNowError",
+        "ConnectionDoesNotExistError",
+        "ConnectionFailureError",
+        "AdminShutdownError",
+        "CrashShutdownError",
+        "TooManyConnectionsError",
+        "InternalClientError",
+    }
+)
+
+
+async def _database_error(request: Request, exc: Exception) -> JsonResponse:
+    if not is_database_outage(exc):
+        return await _unexpected_error(request, exc)
+    logger.warning("database unavailable: %r", exc)
+    return error_response(
+        503,
+        DatabaseUnavailable.code,
+        "The database is unavailable; retry shortly.",
+        DatabaseUnavailable.headers,
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JsonResponse:
+    request_id = current_request_id()
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(
+        500,
+        "internal_error",
+        "Internal server error. Quote the request id when reporting it.",
+        {"X-Request-ID": request_id},
+        request_id=request_id,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(TokenError, _token_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    # Handled here rather than by the catch-all, so an outage is a 503 and not a logged crash.
+    for database_error in (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError, TimeoutError):
+        app.add_exception_handler(database_error, _database_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,80 @@
+"""The application factory: routers, error handlers, middleware, and the resources' lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from backend.auth import TokenVerifier
+from backend.config import Settings, get_settings
+from backend.db import EmbeddedPostgres, create_engine, embedded_data_dir
+from backend.errors import install_error_handlers
+from backend.middleware import RequestBodyMiddleware, RequestIdMiddleware
+from backend.routes import health, tasks
+
+MAX_BODY_BYTES = 64 * 1024
+
+logger = logging.getLogger("backend")
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    async with AsyncExitStack() as stack:
+        database_url = settings.database_url
+        if database_url is None:
+            # Starting PostgreSQL blocks for a second or two: keep it off the event loop.
+            embedded = await asyncio.to_thread(EmbeddedPostgres, embedded_data_dir(settings))
+            stack.callback(embedded.stop)
+            database_url = embedded.url()
+            logger.info("using embedded PostgreSQL in %s", embedded.data_dir)
+
+        engine = create_engine(settings, database_url)
+        stack.push_async_callback(engine.dispose)
+
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(timeout=settings.jwks_fetch_timeout_seconds, follow_redirects=False)
+        )
+        verifier = TokenVerifier.from_settings(settings, http)
+        if verifier.jwks is not None:
+            stack.push_async_callback(verifier.jwks.aclose)
+            await verifier.jwks.refresh()  # a failure is logged; keys are fetched again on demand
+
+        app.state.engine = engine
+        app.state.verifier = verifier
+        yield
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Without `settings`, they are read from the environment and `.env`."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Todo API",
+        version="0.1.0",
+        summary="Per-user tasks for a Better Auth web client.",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(tasks.router)
+    app.include_router(health.router)
+    install_error_handlers(app)
+
+    app.add_middleware(RequestBodyMiddleware, max_bytes=MAX_BODY_BYTES)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["Location", "Link", "X-Request-ID", "Retry-After"],
+            max_age=600,
+        )
+    app.add_middleware(RequestIdMiddleware)
+    return app

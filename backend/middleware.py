@@ -1,0 +1,107 @@
+"""Plain ASGI middleware (BaseHTTPMiddleware costs throughput): request ids, JSON-only bodies."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from contextvars import ContextVar
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend.responses import error_response
+
+HEADER = "X-Request-ID"
+_ACCEPTABLE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_request_id: ContextVar[str] = ContextVar("request_id", default="-")
+
+
+def current_request_id() -> str:
+    """The id of the request being handled, for logs and error bodies."""
+    return _request_id.get()
+
+
+class RequestIdMiddleware:
+    """Takes `X-Request-ID` when it is sane, makes one up otherwise, echoes it on the response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next(
+            (value for name, value in scope["headers"] if name == b"x-request-id"), b""
+        ).decode("latin-1")
+        request_id = incoming if _ACCEPTABLE.fullmatch(incoming) else uuid.uuid4().hex
+        _request_id.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[HEADER] = request_id
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class RequestBodyMiddleware:
+    """What a request body may be: JSON, and at most `max_bytes`.
+
+    Runs before routing and parsing, so an oversized or non-JSON body costs no work: 413 when
+    Content-Length is too big (or when a chunked body grows past the limit), 415 when the
+    declared type is not JSON.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._too_large()(scope, receive, send)
+            return
+        has_body = (declared is not None and declared != "0") or "transfer-encoding" in headers
+        if has_body and not _is_json(headers.get("content-type", "")):
+            response = error_response(
+                415, "unsupported_media_type", "The request body must be application/json."
+            )
+            await response(scope, receive, send)
+            return
+
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # FastAPI re-raises HTTPException from body reading; errors.py renders it.
+                    raise HTTPException(413, self._too_large_detail)
+            return message
+
+        await self.app(scope, receive_within_limit, send)
+
+    @property
+    def _too_large_detail(self) -> str:
+        return f"The request body is larger than {self.max_bytes} bytes."
+
+    def _too_large(self) -> ASGIApp:
+        return error_response(413, "payload_too_large", self._too_large_detail)
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.partition(";")[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )

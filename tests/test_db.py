@@ -1,0 +1,73 @@
+"""Database URLs as hosts hand them out (Neon's included) become asyncpg-ready targets."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.db import normalise_url
+
+NEON_POOLED = (
+    "postgresql://alex:pw@ep-cool-darkness-123456-pooler.eu-central-1.aws.neon.tech/neondb"
+    "?sslmode=require&channel_binding=require"
+)
+NEON_DIRECT = NEON_POOLED.replace("-pooler", "")
+
+
+@pytest.mark.parametrize(
+    ("raw", "url", "ssl", "statement_cache"),
+    [
+        (
+            NEON_POOLED,
+            "postgresql+asyncpg://alex:pw@ep-cool-darkness-123456-pooler.eu-central-1.aws.neon.tech"
+            "/neondb?prepared_statement_cache_size=0",
+            "require",
+            False,
+        ),
+        (
+            NEON_DIRECT,
+            "postgresql+asyncpg://alex:pw@ep-cool-darkness-123456.eu-central-1.aws.neon.tech/neondb",
+            "require",
+            True,
+        ),
+        (
+            "postgres://u:p@localhost:5432/app",
+            "postgresql+asyncpg://u:p@localhost:5432/app",
+            None,
+            True,
+        ),
+        ("postgresql+asyncpg://u@h/app", "postgresql+asyncpg://u@h/app", None, True),
+        (
+            "postgresql://postgres:@/postgres?host=/tmp/sock",
+            "postgresql+asyncpg://postgres:@/postgres?host=%2Ftmp%2Fsock",
+            None,
+            True,
+        ),
+        ("postgresql://u@h/app?sslmode=disable", "postgresql+asyncpg://u@h/app", "disable", True),
+        (
+            "postgresql://u@h/app?sslmode=verify-full",
+            "postgresql+asyncpg://u@h/app",
+            "verify-full",
+            True,
+        ),
+        ("postgresql://u@h/app?ssl=true", "postgresql+asyncpg://u@h/app", "require", True),
+    ],
+)
+def test_normalise_url(raw: str, url: str, ssl: str | None, statement_cache: bool) -> None:
+    target = normalise_url(raw)
+    assert target.url == url
+    assert target.connect_args.get("ssl") == ssl
+    assert target.statement_cache is statement_cache
+    assert ("statement_cache_size" in target.connect_args) is not statement_cache
+
+
+def test_statement_cache_setting_overrides_the_host_guess() -> None:
+    assert normalise_url(NEON_POOLED, statement_cache=True).statement_cache is True
+    assert normalise_url("postgresql://u@h/app", statement_cache=False).statement_cache is False
+
+
+@pytest.mark.parametrize(
+    "raw", ["mysql://u@h/db", "postgresql://u@h/db?sslmode=sometimes", "sqlite:///x.db"]
+)
+def test_unsupported_urls_are_refused(raw: str) -> None:
+    with pytest.raises(ValueError, match="DATABASE_URL"):
+        normalise_url(raw)

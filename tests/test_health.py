@@ -1,0 +1,82 @@
+"""Liveness, readiness, request ids, and the 500/503 paths of the error handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from backend.config import Settings
+from backend.main import create_app
+from tests.conftest import Headers
+
+
+async def test_healthz_and_readyz(client: httpx.AsyncClient) -> None:
+    health = await client.get("/healthz")
+    ready = await client.get("/readyz")
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+
+
+async def test_request_id_is_echoed_or_made_up(client: httpx.AsyncClient) -> None:
+    echoed = await client.get("/healthz", headers={"X-Request-ID": "req-123.abc"})
+    made_up = await client.get("/healthz")
+    unsafe = await client.get("/healthz", headers={"X-Request-ID": "a\tb" + "x" * 200})
+    assert echoed.headers["X-Request-ID"] == "req-123.abc"
+    assert len(made_up.headers["X-Request-ID"]) == 32
+    assert unsafe.headers["X-Request-ID"] != "a\tb" + "x" * 200
+
+
+@pytest.fixture
+async def unreachable_database(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    # Port 9 on loopback: nothing listens, so every connection attempt is refused at once.
+    dead = settings.model_copy(
+        update={"database_url": "postgresql://u:p@127.0.0.1:9/app", "db_pool_timeout_seconds": 2}
+    )
+    app = create_app(dead)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c,
+    ):
+        yield c
+
+
+async def test_database_outage_is_503_with_retry_after(
+    unreachable_database: httpx.AsyncClient, alice: Headers
+) -> None:
+    for method, path in [("GET", "/api/alice/tasks"), ("POST", "/api/alice/tasks")]:
+        body = {"title": "x"} if method == "POST" else None
+        response = await unreachable_database.request(method, path, headers=alice, json=body)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "2"
+        assert response.json() == {
+            "detail": "The database is unavailable; retry shortly.",
+            "code": "database_unavailable",
+        }
+    ready = await unreachable_database.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["code"] == "database_unavailable"
+
+
+async def test_a_bug_is_a_500_without_internals(settings: Settings) -> None:
+    app: FastAPI = create_app(settings)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internals: password=hunter2")
+
+    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as c,
+    ):
+        response = await c.get("/boom", headers={"X-Request-ID": "trace-me"})
+    assert response.status_code == 500
+    assert response.json() == {
+        "detail": "Internal server error. Quote the request id when reporting it.",
+        "code": "internal_error",
+        "request_id": "trace-me",
+    }
+    assert "hunter2" not in response.text

@@ -1,0 +1,181 @@
+"""The six endpoints' happy paths and their contract details (status, body, headers)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import Headers
+
+UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+
+
+async def _create(client: httpx.AsyncClient, headers: Headers, **body: object) -> dict[str, object]:
+    response = await client.post("/api/alice/tasks", headers=headers, json=body)
+    assert response.status_code == 201, response.text
+    task: dict[str, object] = response.json()
+    return task
+
+
+async def test_create_returns_the_task_and_its_location(
+    client: httpx.AsyncClient, alice: Headers
+) -> None:
+    response = await client.post(
+        "/api/alice/tasks", headers=alice, json={"title": "  Buy milk  ", "description": "2 l"}
+    )
+    assert response.status_code == 201
+    task = response.json()
+    assert response.headers["Location"] == f"/api/alice/tasks/{task['id']}"
+    assert response.headers["Content-Type"] == "application/json"
+    assert {k: task[k] for k in ("user_id", "title", "description", "completed")} == {
+        "user_id": "alice",
+        "title": "Buy milk",
+        "description": "2 l",
+        "completed": False,
+    }
+    assert UTC_Z.match(task["created_at"])
+    assert task["created_at"] == task["updated_at"]
+
+    fetched = await client.get(response.headers["Location"], headers=alice)
+    assert fetched.status_code == 200
+    assert fetched.json() == task
+
+
+async def test_first_write_provisions_the_user_from_the_token(
+    client: httpx.AsyncClient, engine: AsyncEngine, alice: Headers
+) -> None:
+    await client.get("/api/alice/tasks", headers=alice)  # reads never provision
+    async with engine.connect() as connection:
+        before = (await connection.execute(text("SELECT count(*) FROM users"))).scalar_one()
+    await _create(client, alice, title="first")
+    await _create(client, alice, title="second")
+    async with engine.connect() as connection:
+        rows = (await connection.execute(text("SELECT id, email FROM users"))).all()
+    assert before == 0
+    assert [tuple(row) for row in rows] == [("alice", "alice@example.com")]
+
+
+async def test_read_update_toggle_delete(client: httpx.AsyncClient, alice: Headers) -> None:
+    task = await _create(client, alice, title="write tests", description="first kind")
+    url = f"/api/alice/tasks/{task['id']}"
+
+    updated = await client.put(url, headers=alice, json={"title": "write more tests"})
+    assert updated.status_code == 200
+    assert updated.json()["title"] == "write more tests"
+    assert updated.json()["description"] == "first kind"  # omitted = unchanged
+    assert updated.json()["updated_at"] > task["updated_at"]
+
+    cleared = await client.put(url, headers=alice, json={"description": None, "completed": True})
+    assert (cleared.json()["description"], cleared.json()["completed"]) == (None, True)
+
+    toggled = await client.patch(f"{url}/complete", headers=alice)
+    assert toggled.status_code == 200
+    assert toggled.json()["completed"] is False
+    toggled_back = await client.patch(f"{url}/complete", headers=alice)
+    assert toggled_back.json()["completed"] is True
+
+    deleted = await client.delete(url, headers=alice)
+    assert deleted.status_code == 204
+    assert deleted.content == b""
+    for method in ("GET", "PUT", "PATCH", "DELETE"):
+        path = f"{url}/complete" if method == "PATCH" else url
+        body = {"title": "x"} if method == "PUT" else None
+        gone = await client.request(method, path, headers=alice, json=body)
+        assert gone.status_code == 404
+        assert gone.json() == {
+            "detail": f"Task {task['id']} was not found.",
+            "code": "task_not_found",
+        }
+
+
+async def test_list_is_ordered_and_filters_by_completion(
+    client: httpx.AsyncClient, alice: Headers
+) -> None:
+    created = [await _create(client, alice, title=f"t{i}") for i in range(5)]
+    for task in created[1::2]:
+        await client.patch(f"/api/alice/tasks/{task['id']}/complete", headers=alice)
+
+    everything = (await client.get("/api/alice/tasks", headers=alice)).json()
+    done = (await client.get("/api/alice/tasks?completed=true", headers=alice)).json()
+    open_ = (await client.get("/api/alice/tasks?completed=false", headers=alice)).json()
+
+    assert [t["title"] for t in everything] == ["t0", "t1", "t2", "t3", "t4"]
+    assert [t["title"] for t in done] == ["t1", "t3"]
+    assert [t["title"] for t in open_] == ["t0", "t2", "t4"]
+
+
+async def test_list_pages_with_limit_after_id_and_link(
+    client: httpx.AsyncClient, alice: Headers
+) -> None:
+    ids = [(await _create(client, alice, title=f"t{i}"))["id"] for i in range(5)]
+
+    seen: list[object] = []
+    url: str | None = "/api/alice/tasks?limit=2"
+    pages = 0
+    while url is not None:
+        response = await client.get(url, headers=alice)
+        assert response.status_code == 200
+        seen += [task["id"] for task in response.json()]
+        pages += 1
+        link = response.headers.get("Link")
+        url = re.fullmatch(r'<([^>]+)>; rel="next"', link).group(1) if link else None  # type: ignore[union-attr]
+    assert seen == ids
+    assert pages == 3
+
+    exact = await client.get("/api/alice/tasks?limit=5", headers=alice)
+    assert len(exact.json()) == 5
+    assert "Link" not in exact.headers  # nothing remains, so no next page
+
+
+async def test_link_keeps_the_filter(client: httpx.AsyncClient, alice: Headers) -> None:
+    for i in range(3):
+        await _create(client, alice, title=f"t{i}")
+    response = await client.get("/api/alice/tasks?completed=false&limit=1", headers=alice)
+    assert "completed=false" in response.headers["Link"]
+    assert "limit=1" in response.headers["Link"]
+
+
+async def test_timestamps_are_utc_z_everywhere(client: httpx.AsyncClient, alice: Headers) -> None:
+    task = await _create(client, alice, title="t")
+    url = f"/api/alice/tasks/{task['id']}"
+    bodies = [
+        task,
+        (await client.get(url, headers=alice)).json(),
+        (await client.put(url, headers=alice, json={"title": "u"})).json(),
+        (await client.patch(f"{url}/complete", headers=alice)).json(),
+        (await client.get("/api/alice/tasks", headers=alice)).json()[0],
+    ]
+    for body in bodies:
+        for field in ("created_at", "updated_at"):
+            assert UTC_Z.match(body[field]), body[field]
+            assert datetime.fromisoformat(body[field]).utcoffset() is not None
+
+
+async def test_openapi_documents_every_endpoint(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    operations = {
+        (method.upper(), path): op
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
+        if path.startswith("/api/")
+    }
+    assert set(operations) == {
+        ("GET", "/api/{user_id}/tasks"),
+        ("POST", "/api/{user_id}/tasks"),
+        ("GET", "/api/{user_id}/tasks/{task_id}"),
+        ("PUT", "/api/{user_id}/tasks/{task_id}"),
+        ("DELETE", "/api/{user_id}/tasks/{task_id}"),
+        ("PATCH", "/api/{user_id}/tasks/{task_id}/complete"),
+    }
+    assert spec["components"]["securitySchemes"]["BetterAuthJWT"]["scheme"] == "bearer"
+    for op in operations.values():
+        assert op["tags"] == ["tasks"]
+        assert op["summary"]
+        assert op["security"] == [{"BetterAuthJWT": []}]
+        assert {"401", "403", "422", "503"} <= set(op["responses"])
+    assert "404" in operations[("GET", "/api/{user_id}/tasks/{task_id}")]["responses"]
+    assert "413" in operations[("POST", "/api/{user_id}/tasks")]["responses"]
