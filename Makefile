@@ -46,7 +46,13 @@ ifneq ($(origin USER),command line)
 endif
 	@$(BIN)/python -m backend token "$(USER)"
 
-test: install ## run the whole suite on a throwaway embedded PostgreSQL
+# The real better-auth npm package, for the interop tests (Node 20+ and npm on the machine).
+INTEROP := tests/interop
+$(INTEROP)/node_modules/.package-lock.json: $(INTEROP)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node 20+) is needed for the Better Auth interop tests"; exit 1; }
+	npm ci --prefix $(INTEROP) --no-audit --no-fund --loglevel=error
+
+test: install $(INTEROP)/node_modules/.package-lock.json ## run the whole suite on a throwaway embedded PostgreSQL
 	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 	$(BIN)/coverage report
 

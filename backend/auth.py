@@ -56,8 +56,10 @@ class JwksCache:
     """Public keys from a JWKS endpoint, kept in memory.
 
     Known keys never cost a network call on the request path. An unknown `kid` (a rotation)
-    triggers one refetch for all waiting requests, at most once per cooldown. A TTL refresh
-    runs in the background. When the endpoint fails, the keys already known keep working.
+    triggers one refetch shared by every request waiting on it, and fetches are at least
+    `cooldown` apart: a request arriving inside the cooldown waits for the next fetch rather
+    than failing a freshly rotated key. A TTL refresh runs in the background. When the
+    endpoint fails, the keys already known keep working.
     """
 
     def __init__(
@@ -79,7 +81,7 @@ class JwksCache:
         self._last_attempt = float("-inf")
         self._lock = asyncio.Lock()
         self._background: asyncio.Task[bool] | None = None
-        self.fetch_count = 0
+        self._fetches_done = 0  # a waiting request compares it to know whether one finished
 
     @property
     def kids(self) -> frozenset[str]:
@@ -92,11 +94,15 @@ class JwksCache:
             if self._clock() - self._fetched_at > self._ttl:
                 self._refresh_in_background()
             return key
+        fetches_seen = self._fetches_done
         async with self._lock:
-            key = self._keys.get(kid)  # another request may have refreshed while we waited
-            if key is None and self._clock() - self._last_attempt >= self._cooldown:
+            # Only fetch if none finished while we queued: a storm of unknown kids costs one fetch.
+            if self._fetches_done == fetches_seen:
+                wait = self._last_attempt + self._cooldown - self._clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 await self._refresh()
-                key = self._keys.get(kid)
+            key = self._keys.get(kid)
         if key is None:
             raise TokenError("Token is signed with an unknown key.", "unknown_key")
         return key
@@ -120,10 +126,10 @@ class JwksCache:
 
     async def _refresh(self) -> bool:
         self._last_attempt = self._clock()
-        self.fetch_count += 1
         try:
             keys = await self._fetch()
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
+            self._fetches_done += 1
             logger.warning(
                 "JWKS fetch from %s failed (%s: %s); keeping %d known key(s)",
                 self.url,
@@ -137,6 +143,7 @@ class JwksCache:
             logger.info("JWKS keys changed: added %s, removed %s", sorted(added), sorted(removed))
         self._keys = keys
         self._fetched_at = self._clock()
+        self._fetches_done += 1
         return True
 
     async def _fetch(self) -> dict[str, _Key]:
@@ -155,6 +162,8 @@ class JwksCache:
             and item.get("kty") in _ASYMMETRIC_KEY_TYPES
             and isinstance(item.get("kid"), str)
         ]
+        if not usable:
+            return {}
         declared = {item["kid"]: item.get("alg") for item in usable}
         return {
             jwk.key_id: _Key(jwk, declared[jwk.key_id])

@@ -60,7 +60,7 @@ class Settings(DatabaseSettings):
     jwt_algorithms: CommaList = Field(default_factory=list)
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
     jwks_cache_ttl_seconds: float = Field(default=300.0, gt=0)
-    jwks_refetch_cooldown_seconds: float = Field(default=10.0, ge=0)
+    jwks_refetch_cooldown_seconds: float = Field(default=1.0, ge=0)
     jwks_fetch_timeout_seconds: float = Field(default=5.0, gt=0)
 
     cors_origins: CommaList = Field(default_factory=list)

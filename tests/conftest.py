@@ -101,13 +101,17 @@ async def _shared_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def client(
-    _shared_client: httpx.AsyncClient, engine: AsyncEngine
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The app's client; the tables are emptied after each test that uses it."""
-    yield _shared_client
+async def clean_tables(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Empties the tables after the test, whichever app wrote to them."""
+    yield
     async with engine.connect() as connection:
         await connection.execute(text("TRUNCATE tasks, users CASCADE"))
+
+
+@pytest.fixture
+async def client(_shared_client: httpx.AsyncClient, clean_tables: None) -> httpx.AsyncClient:
+    """The app's client; every test that uses it starts from empty tables."""
+    return _shared_client
 
 
 @pytest.fixture

@@ -1,0 +1,341 @@
+"""Better Auth's asymmetric tokens: the JWKS key cache, rotation, outages, and attacks."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import jwt
+import orjson
+import pytest
+from fastapi import FastAPI
+
+from backend.auth import JwksCache, TokenError, TokenVerifier
+from backend.config import Settings
+from backend.main import create_app
+from tests.conftest import SECRET, Headers
+from tests.jwks_server import JwksServer, SigningKey, make_key
+
+ALGORITHMS = ["EdDSA", "ES256", "RS256", "PS256"]
+
+
+@pytest.fixture
+async def jwks_server() -> AsyncIterator[JwksServer]:
+    server = JwksServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+CacheFactory = Callable[..., JwksCache]
+
+
+@pytest.fixture
+async def make_cache(jwks_server: JwksServer) -> AsyncIterator[CacheFactory]:
+    """JwksCache(url, ...) on a real HTTP client; background refreshes are ended after the test."""
+    caches: list[JwksCache] = []
+    async with httpx.AsyncClient(timeout=2) as http:
+
+        def make(*, url: str | None = None, ttl: float = 300, cooldown: float = 0) -> JwksCache:
+            caches.append(JwksCache(url or jwks_server.url, http, ttl=ttl, cooldown=cooldown))
+            return caches[-1]
+
+        yield make
+        for cache in caches:
+            await cache.aclose()
+
+
+def _verifier(cache: JwksCache, leeway: float = 30) -> TokenVerifier:
+    return TokenVerifier(algorithms=ALGORITHMS, jwks=cache, leeway=leeway)
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+async def test_each_better_auth_algorithm_verifies(
+    jwks_server: JwksServer, make_cache: CacheFactory, alg: str
+) -> None:
+    key = make_key(alg, f"kid-{alg}")
+    jwks_server.keys = [key]
+    verifier = _verifier(make_cache())
+
+    user = await verifier.verify(key.sign({"sub": "u-1", "email": "u@example.com"}))
+    assert (user.id, user.email) == ("u-1", "u@example.com")
+
+
+async def test_known_key_costs_no_fetch(jwks_server: JwksServer, make_cache: CacheFactory) -> None:
+    key = make_key("EdDSA", "k1")
+    jwks_server.keys = [key]
+    cache = make_cache()
+    assert await cache.refresh()
+    verifier = _verifier(cache)
+    for _ in range(50):
+        await verifier.verify(key.sign())
+    assert jwks_server.requests == 1
+
+
+async def test_rotation_old_and_new_valid_during_overlap_then_old_removed(
+    jwks_server: JwksServer, make_cache: CacheFactory
+) -> None:
+    old, new = make_key("EdDSA", "old"), make_key("EdDSA", "new")
+    jwks_server.keys = [old]
+    cache = make_cache(ttl=0.2)
+    verifier = _verifier(cache)
+    assert (await verifier.verify(old.sign())).id == "ba-user"
+
+    # Better Auth rotates lazily: the new kid shows up in tokens and in the JWKS beside the old.
+    jwks_server.keys = [old, new]
+    assert (await verifier.verify(new.sign())).id == "ba-user"  # unknown kid -> one refetch
+    assert (await verifier.verify(old.sign())).id == "ba-user"
+    assert cache.kids == {"old", "new"}
+
+    # After the grace period the old key leaves the JWKS; the TTL refresh notices.
+    jwks_server.keys = [new]
+    await asyncio.sleep(0.25)
+    await verifier.verify(new.sign())  # stale -> background refresh
+    await asyncio.sleep(0.1)
+    assert cache.kids == {"new"}
+    with pytest.raises(TokenError, match="unknown key"):
+        await verifier.verify(old.sign())
+
+
+async def test_unknown_kid_refetches_once_then_fails(
+    jwks_server: JwksServer, make_cache: CacheFactory
+) -> None:
+    jwks_server.keys = [make_key("EdDSA", "k1")]
+    cache = make_cache()
+    await cache.refresh()
+    stranger = make_key("EdDSA", "not-published")
+    with pytest.raises(TokenError) as caught:
+        await _verifier(cache).verify(stranger.sign())
+    assert caught.value.code == "unknown_key"
+    assert jwks_server.requests == 2
+
+
+async def test_refetch_storm_costs_one_fetch(
+    jwks_server: JwksServer, make_cache: CacheFactory
+) -> None:
+    jwks_server.keys = [make_key("EdDSA", "k1")]
+    jwks_server.delay = 0.05  # the fetch is in flight while the storm arrives
+    cache = make_cache(cooldown=5)
+    verifier = _verifier(cache)
+    bogus = make_key("EdDSA", "bogus").sign()
+
+    results = await asyncio.gather(
+        *(verifier.verify(bogus) for _ in range(1000)), return_exceptions=True
+    )
+    assert all(isinstance(r, TokenError) for r in results)
+    assert jwks_server.requests == 1
+
+
+async def test_rotated_key_inside_the_cooldown_waits_for_the_next_fetch(
+    jwks_server: JwksServer, make_cache: CacheFactory
+) -> None:
+    old, new = make_key("ES256", "old"), make_key("ES256", "new")
+    jwks_server.keys = [old]
+    cache = make_cache(cooldown=0.3)
+    await cache.refresh()
+    jwks_server.keys = [old, new]
+
+    started = time.monotonic()
+    assert (await _verifier(cache).verify(new.sign())).id == "ba-user"
+    assert 0.2 < time.monotonic() - started < 2
+    assert jwks_server.requests == 2
+
+
+async def test_endpoint_down_keeps_known_keys(
+    jwks_server: JwksServer, make_cache: CacheFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = make_key("RS256", "k1")
+    jwks_server.keys = [key]
+    cache = make_cache(ttl=0.05)
+    verifier = _verifier(cache)
+    await cache.refresh()
+
+    jwks_server.status = 503
+    await asyncio.sleep(0.1)
+    with caplog.at_level(logging.WARNING, logger="backend.auth"):
+        assert (await verifier.verify(key.sign())).id == "ba-user"  # stale: refresh fails
+        await asyncio.sleep(0.1)
+        with pytest.raises(TokenError):
+            await verifier.verify(make_key("RS256", "k2").sign())
+        assert (await verifier.verify(key.sign())).id == "ba-user"
+    assert cache.kids == {"k1"}
+    assert "JWKS fetch from" in caplog.text
+    assert "keeping 1 known key(s)" in caplog.text
+
+
+async def test_endpoint_unreachable_at_start_recovers_later(make_cache: CacheFactory) -> None:
+    server = JwksServer()
+    await server.start()
+    key = make_key("EdDSA", "k1")
+    server.keys = [key]
+    url, port = server.url, server.port  # the same address comes back later
+    await server.stop()
+
+    cache = make_cache(url=url)
+    assert not await cache.refresh()
+    with pytest.raises(TokenError):
+        await _verifier(cache).verify(key.sign())
+
+    revived = JwksServer(keys=[key])
+    await revived.start(port)
+    try:
+        assert (await _verifier(cache).verify(key.sign())).id == "ba-user"
+    finally:
+        await revived.stop()
+
+
+@pytest.mark.parametrize(
+    ("offset", "accepted"),
+    [({"iat": +20}, True), ({"iat": +90}, False), ({"exp": -20}, True), ({"exp": -90}, False)],
+)
+async def test_clock_skew_leeway(
+    jwks_server: JwksServer, make_cache: CacheFactory, offset: dict[str, int], accepted: bool
+) -> None:
+    key = make_key("EdDSA", "k1")
+    jwks_server.keys = [key]
+    verifier = _verifier(make_cache(), leeway=30)
+    now = int(time.time())
+    claims = {"iat": now, "exp": now + 900}
+    claim, delta = next(iter(offset.items()))
+    claims[claim] = now + delta
+    token = key.sign(claims)
+    if accepted:
+        assert (await verifier.verify(token)).id == "ba-user"
+    else:
+        with pytest.raises(TokenError):
+            await verifier.verify(token)
+
+
+async def test_oct_keys_in_a_jwks_are_never_used(
+    jwks_server: JwksServer, make_cache: CacheFactory
+) -> None:
+    hmac_key = make_key("EdDSA", "k1")
+    hmac_key.jwk = {"kty": "oct", "kid": "k1", "k": base64.urlsafe_b64encode(b"k" * 32).decode()}
+    jwks_server.keys = [hmac_key]
+    cache = make_cache()
+    await cache.refresh()
+    assert cache.kids == frozenset()
+
+
+# --- the attack matrix, over HTTP, on an app that accepts both HS256 and JWKS tokens ---------
+
+
+@pytest.fixture
+async def jwks_app(
+    settings: Settings, jwks_server: JwksServer, clean_tables: None
+) -> AsyncIterator[tuple[httpx.AsyncClient, SigningKey]]:
+    key = make_key("EdDSA", "ba-key-1")
+    jwks_server.keys = [key, make_key("RS256", "ba-key-rsa")]
+    configured = Settings(
+        _env_file=None,
+        database_url=settings.database_url,
+        better_auth_secret=SECRET,
+        better_auth_url=jwks_server.base_url,
+        jwks_refetch_cooldown_seconds=0,
+    )
+    app: FastAPI = create_app(configured)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c,
+    ):
+        yield c, key
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _claims(server: JwksServer) -> dict[str, object]:
+    return {"sub": "ba-user", "iss": server.base_url, "aud": server.base_url}
+
+
+def _attacks(key: SigningKey, server: JwksServer, attacker: JwksServer) -> dict[str, str]:
+    claims = _claims(server)
+    genuine = key.sign(claims)
+    header, _, signature = genuine.split(".")
+    forged_payload = _b64(b'{"sub":"someone-else","exp":9999999999}')
+    impostor = make_key("EdDSA", key.kid)  # same kid, another key
+    # The classic confusion: HMAC keyed with the published public key (its raw bytes).
+    public_bytes = base64.urlsafe_b64decode(key.jwk["x"] + "==")
+    hs_with_public = jwt.encode(
+        claims, public_bytes * 2, algorithm="HS256", headers={"kid": key.kid}
+    )
+    attacker_key = make_key("EdDSA", "attacker")
+    attacker.keys = [attacker_key]
+    return {
+        "tampered payload": f"{header}.{forged_payload}.{signature}",
+        "same kid, other key": impostor.sign(claims),
+        "HS256 with the public key as secret": hs_with_public,
+        "kid path traversal": make_key("EdDSA", "../../etc/passwd").sign(claims),
+        "kid SQL": make_key("EdDSA", "x' OR '1'='1").sign(claims),
+        "jku to attacker's JWKS": attacker_key.sign(claims, jku=attacker.url),
+        "x5u to attacker's keys": attacker_key.sign(claims, x5u=attacker.url),
+        "EdDSA kid, RS256 alg": _resign_header(genuine, {"alg": "RS256", "kid": "ba-key-1"}),
+        "alg none": _resign_header(genuine, {"alg": "none", "kid": key.kid})[: -len(signature)],
+        "wrong issuer": key.sign({**claims, "iss": "https://evil.example.com"}),
+        "wrong audience": key.sign({**claims, "aud": "https://evil.example.com"}),
+        "oversized": key.sign({**claims, "pad": "p" * 9000}),
+    }
+
+
+def _resign_header(token: str, header: dict[str, str]) -> str:
+    _, payload, signature = token.split(".")
+    return f"{_b64(orjson.dumps(header))}.{payload}.{signature}"
+
+
+async def test_attack_matrix_is_401_each(
+    jwks_app: tuple[httpx.AsyncClient, SigningKey], jwks_server: JwksServer
+) -> None:
+    client, key = jwks_app
+    attacker = JwksServer()
+    await attacker.start()
+    try:
+        attacks = _attacks(key, jwks_server, attacker)
+        genuine = await client.get(
+            "/api/ba-user/tasks",
+            headers={"Authorization": f"Bearer {key.sign(_claims(jwks_server))}"},
+        )
+        assert genuine.status_code == 200
+        for name, token in attacks.items():
+            response = await client.get(
+                "/api/ba-user/tasks", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert response.status_code == 401, name
+            assert response.headers["WWW-Authenticate"] == "Bearer", name
+        assert attacker.requests == 0  # jku / x5u are never followed
+    finally:
+        await attacker.stop()
+
+
+async def test_oversized_token_is_refused_before_any_work(
+    jwks_app: tuple[httpx.AsyncClient, SigningKey], jwks_server: JwksServer
+) -> None:
+    client, _ = jwks_app
+    fetches = jwks_server.requests
+    huge = make_key("EdDSA", "unknown-kid").sign({"pad": "p" * 9000})
+    response = await client.get("/api/ba-user/tasks", headers={"Authorization": f"Bearer {huge}"})
+    assert response.json() == {"detail": "Token is too large.", "code": "invalid_token"}
+    assert jwks_server.requests == fetches  # an unknown kid in a huge token triggers no fetch
+
+
+async def test_hs256_and_jwks_tokens_work_side_by_side(
+    jwks_app: tuple[httpx.AsyncClient, SigningKey], jwks_server: JwksServer, alice: Headers
+) -> None:
+    client, key = jwks_app
+    # With BETTER_AUTH_URL set, iss/aud are enforced for HS256 tokens too.
+    refused = await client.get("/api/alice/tasks", headers=alice)
+    assert refused.status_code == 401
+    hs = jwt.encode(
+        {**_claims(jwks_server), "sub": "alice", "exp": int(time.time()) + 60},
+        SECRET,
+        algorithm="HS256",
+    )
+    ok_hs = await client.get("/api/alice/tasks", headers={"Authorization": f"Bearer {hs}"})
+    ok_eddsa = await client.get(
+        "/api/ba-user/tasks", headers={"Authorization": f"Bearer {key.sign(_claims(jwks_server))}"}
+    )
+    assert (ok_hs.status_code, ok_eddsa.status_code) == (200, 200)
