@@ -8,7 +8,7 @@ PORT ?= 8000
 WORKERS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run serve migrate token test check lint types format clean
+.PHONY: help install run serve migrate token test fuzz check lint types format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -55,6 +55,10 @@ $(INTEROP)/node_modules/.package-lock.json: $(INTEROP)/package-lock.json
 test: install $(INTEROP)/node_modules/.package-lock.json ## run the whole suite on a throwaway embedded PostgreSQL
 	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 	$(BIN)/coverage report
+
+fuzz: install $(INTEROP)/node_modules/.package-lock.json ## the long contract fuzz + stateful run (minutes)
+	FUZZ_EXAMPLES=1500 STATEFUL_EXAMPLES=400 STATEFUL_STEPS=50 \
+		$(BIN)/pytest -p no:cacheprovider tests/test_contract_fuzz.py tests/test_stateful.py
 
 lint: install
 	$(BIN)/ruff check backend tests $(wildcard bench)

@@ -87,8 +87,24 @@ async def _validation_error(_: Request, exc: Exception) -> JsonResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JsonResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, _UNPARSABLE_BODY):
+        # FastAPI answers 400 when json.loads fails with anything but JSONDecodeError (bad
+        # UTF-8, nesting past the recursion limit, a 5,000-digit integer). To the client that
+        # is malformed JSON like any other: the same 422.
+        reason = _UNPARSABLE_REASONS.get(type(exc.__cause__), str(exc.__cause__))
+        error = {"loc": ["body"], "msg": reason, "type": "json_invalid"}
+        return error_response(
+            422, "validation_error", f"Invalid request: body: {reason}", errors=[error]
+        )
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+
+_UNPARSABLE_BODY = (UnicodeDecodeError, RecursionError, ValueError)
+_UNPARSABLE_REASONS: Mapping[type[BaseException], str] = {
+    UnicodeDecodeError: "not valid UTF-8",
+    RecursionError: "JSON nested too deeply",
+}
 
 
 def is_database_outage(exc: BaseException) -> bool:

@@ -15,10 +15,11 @@ from backend.auth import TokenVerifier
 from backend.config import Settings, get_settings
 from backend.db import EmbeddedPostgres, create_engine, embedded_data_dir
 from backend.errors import install_error_handlers
-from backend.middleware import RequestBodyMiddleware, RequestIdMiddleware
+from backend.middleware import RequestIdMiddleware, RequestLimitsMiddleware
 from backend.routes import health, tasks
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 16 * 1024  # request line + headers; a Better Auth JWT is well under 2 KiB
 
 logger = logging.getLogger("backend")
 
@@ -65,7 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     install_error_handlers(app)
 
-    app.add_middleware(RequestBodyMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(
+        RequestLimitsMiddleware, max_body_bytes=MAX_BODY_BYTES, max_header_bytes=MAX_HEADER_BYTES
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -46,20 +46,37 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-class RequestBodyMiddleware:
-    """What a request body may be: JSON, and at most `max_bytes`.
+class RequestLimitsMiddleware:
+    """What a request may be: headers of at most `max_header_bytes`, a JSON body of at most
+    `max_body_bytes`.
 
-    Runs before routing and parsing, so an oversized or non-JSON body costs no work: 413 when
-    Content-Length is too big (or when a chunked body grows past the limit), 415 when the
-    declared type is not JSON.
+    Runs before routing and parsing, so a refused request costs no work: 431 for oversized
+    headers (uvicorn's httptools parser has no cap of its own), 413 when Content-Length is too
+    big or a chunked body grows past the limit, 415 when a body is not declared as JSON.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_header_bytes: int) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.max_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header_bytes = len(scope.get("raw_path") or b"") + sum(
+            len(name) + len(value) for name, value in scope["headers"]
+        )
+        if header_bytes > self.max_header_bytes:
+            response = error_response(
+                431,
+                "headers_too_large",
+                f"The request line and headers exceed {self.max_header_bytes} bytes.",
+                {"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        if scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)

@@ -3,17 +3,21 @@ the real app over httpx's ASGITransport; every test starts from empty tables."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import jwt
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -112,6 +116,45 @@ async def clean_tables(engine: AsyncEngine) -> AsyncIterator[None]:
 async def client(_shared_client: httpx.AsyncClient, clean_tables: None) -> httpx.AsyncClient:
     """The app's client; every test that uses it starts from empty tables."""
     return _shared_client
+
+
+@pytest.fixture(scope="session")
+def live_server(settings: Settings) -> Iterator[str]:
+    """The app under a real uvicorn (its own thread and loop), for synchronous test drivers."""
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="live-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive(), "uvicorn exited while starting"
+        assert time.monotonic() < deadline, "uvicorn did not start in 30 s"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def empty_tables(database_url: str) -> None:
+    """Synchronous twin of `clean_tables`, for tests that run outside the event loop."""
+
+    async def truncate() -> None:
+        connection = await asyncpg.connect(database_url)
+        try:
+            await connection.execute("TRUNCATE tasks, users CASCADE")
+        finally:
+            await connection.close()
+
+    worker = threading.Thread(target=asyncio.run, args=(truncate(),))
+    worker.start()
+    worker.join()
+
+
+@pytest.fixture
+def clean_tables_sync(database_url: str) -> Iterator[None]:
+    yield
+    empty_tables(database_url)
 
 
 @pytest.fixture
