@@ -37,7 +37,7 @@ run: migrate serve ## install, migrate, and serve on http://$(HOST):$(PORT)
 
 serve: install .env
 	$(BIN)/uvicorn backend.main:create_app --factory --host $(HOST) --port $(PORT) \
-		--workers $(WORKERS) --no-access-log
+		--workers $(WORKERS) --no-access-log --timeout-graceful-shutdown 20
 
 # USER is also the login name in the environment: only a USER given on the command line counts.
 token: install .env ## print a dev token: make token USER=<id>
@@ -52,11 +52,22 @@ $(INTEROP)/node_modules/.package-lock.json: $(INTEROP)/package-lock.json
 	@command -v npm >/dev/null || { echo "npm (Node 20+) is needed for the Better Auth interop tests"; exit 1; }
 	npm ci --prefix $(INTEROP) --no-audit --no-fund --loglevel=error
 
-test: install $(INTEROP)/node_modules/.package-lock.json ## run the whole suite on a throwaway embedded PostgreSQL
+# PgBouncer (Debian's) for the transaction-pooling tests; installed when missing.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+PGBOUNCER := /usr/sbin/pgbouncer
+$(PGBOUNCER):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer
+
+TEST_DEPS := install $(INTEROP)/node_modules/.package-lock.json $(PGBOUNCER)
+
+# Two passes: straight to PostgreSQL, then the same suite through PgBouncer in transaction mode.
+test: $(TEST_DEPS) ## run the whole suite on a throwaway embedded PostgreSQL, direct and via PgBouncer
 	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	TEST_DATABASE_ROUTE=pgbouncer $(BIN)/coverage run --append -m pytest $(PYTEST_ARGS)
 	$(BIN)/coverage report
 
-fuzz: install $(INTEROP)/node_modules/.package-lock.json ## the long contract fuzz + stateful run (minutes)
+fuzz: $(TEST_DEPS) ## the long contract fuzz + stateful run (minutes)
 	FUZZ_EXAMPLES=1500 STATEFUL_EXAMPLES=400 STATEFUL_STEPS=50 \
 		$(BIN)/pytest -p no:cacheprovider tests/test_contract_fuzz.py tests/test_stateful.py
 

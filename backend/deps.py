@@ -10,8 +10,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.auth import AuthUser, TokenError, TokenVerifier
-from backend.errors import Forbidden
+from backend.config import Settings
+from backend.db import connect
+from backend.errors import Forbidden, RateLimited
 from backend.models import MAX_ID
+from backend.ratelimit import RateLimiter
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -22,9 +25,18 @@ _bearer = HTTPBearer(
 
 
 async def get_connection(request: Request) -> AsyncIterator[AsyncConnection]:
-    """A pooled connection for this request, returned to the pool right after the endpoint."""
-    async with request.app.state.engine.connect() as connection:
+    """A pooled connection for this request.
+
+    With `scope="function"` (below) the code after `yield` runs when the endpoint returns and
+    before the response is sent: a write is committed before the client is told it happened.
+    """
+    settings: Settings = request.app.state.settings
+    connection = await connect(request.app.state.engine, settings.db_connect_budget_seconds)
+    try:
         yield connection
+        await connection.commit()  # no round trip in autocommit; COMMIT behind a pooler
+    finally:
+        await connection.close()
 
 
 async def current_user(
@@ -39,6 +51,13 @@ async def current_user(
 
 
 CurrentUser = Annotated[AuthUser, Depends(current_user)]
+
+
+async def enforce_rate_limit(request: Request, user: CurrentUser) -> None:
+    """429 once the user has spent RATE_LIMIT_PER_MINUTE (when set) in this worker."""
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    if limiter is not None and (wait := limiter.retry_after(user.id)) is not None:
+        raise RateLimited(wait)
 
 
 async def path_owner(

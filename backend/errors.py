@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -12,6 +13,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.auth import TokenError
+from backend.db import is_database_outage
 from backend.middleware import current_request_id
 from backend.responses import JsonResponse, error_response
 
@@ -33,7 +35,7 @@ class ApiError(Exception):
 
     status_code: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
-    headers: ClassVar[Mapping[str, str] | None] = None
+    headers: Mapping[str, str] | None = None
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -53,15 +55,22 @@ class TaskNotFound(ApiError):
         super().__init__(f"Task {task_id} was not found.")
 
 
-class UnsupportedMediaType(ApiError):
-    status_code = 415
-    code = "unsupported_media_type"
+class RateLimited(ApiError):
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("Too many requests for this user; slow down.")
+        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
 
 
 class DatabaseUnavailable(ApiError):
     status_code = 503
     code = "database_unavailable"
-    headers: ClassVar[Mapping[str, str] | None] = {"Retry-After": RETRY_AFTER_SECONDS}
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": RETRY_AFTER_SECONDS}
 
 
 async def _api_error(_: Request, exc: Exception) -> JsonResponse:
@@ -107,31 +116,6 @@ _UNPARSABLE_REASONS: Mapping[type[BaseException], str] = {
 }
 
 
-def is_database_outage(exc: BaseException) -> bool:
-    """True when the database could not be reached, as opposed to a statement that failed."""
-    if isinstance(exc, (OSError, TimeoutError, sa_exc.TimeoutError)):
-        return True
-    if isinstance(exc, sa_exc.DBAPIError):
-        if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
-            return True
-        return isinstance(exc.orig, OSError) or type(exc.orig).__name__ in _OUTAGE_ERRORS
-    return False
-
-
-# asyncpg's names for "the server is there but will not serve us right now".
-_OUTAGE_ERRORS = frozenset(
-    {
-        "CannotConnectNowError",
-        "ConnectionDoesNotExistError",
-        "ConnectionFailureError",
-        "AdminShutdownError",
-        "CrashShutdownError",
-        "TooManyConnectionsError",
-        "InternalClientError",
-    }
-)
-
-
 async def _database_error(request: Request, exc: Exception) -> JsonResponse:
     if not is_database_outage(exc):
         return await _unexpected_error(request, exc)
@@ -140,7 +124,7 @@ async def _database_error(request: Request, exc: Exception) -> JsonResponse:
         503,
         DatabaseUnavailable.code,
         "The database is unavailable; retry shortly.",
-        DatabaseUnavailable.headers,
+        {"Retry-After": RETRY_AFTER_SECONDS},
     )
 
 

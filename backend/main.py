@@ -15,7 +15,10 @@ from backend.auth import TokenVerifier
 from backend.config import Settings, get_settings
 from backend.db import EmbeddedPostgres, create_engine, embedded_data_dir
 from backend.errors import install_error_handlers
+from backend.logs import configure_logging
+from backend.metrics import Metrics, MetricsMiddleware
 from backend.middleware import RequestIdMiddleware, RequestLimitsMiddleware
+from backend.ratelimit import RateLimiter
 from backend.routes import health, tasks
 
 MAX_BODY_BYTES = 64 * 1024
@@ -55,6 +58,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Without `settings`, they are read from the environment and `.env`."""
     settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format)
     app = FastAPI(
         title="Todo API",
         version="0.1.0",
@@ -62,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.settings = settings
+    per_minute = settings.rate_limit_per_minute
+    app.state.rate_limiter = RateLimiter(per_minute) if per_minute else None
     app.include_router(tasks.router)
     app.include_router(health.router)
     install_error_handlers(app)
@@ -79,5 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Location", "Link", "X-Request-ID", "Retry-After"],
             max_age=600,
         )
-    app.add_middleware(RequestIdMiddleware)
+    if settings.metrics_enabled:
+        token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        app.add_middleware(MetricsMiddleware, metrics=Metrics(), token=token)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
     return app

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -31,6 +34,58 @@ ROOT = Path(__file__).resolve().parents[1]
 
 Headers = dict[str, str]
 TokenFactory = Callable[..., str]
+
+
+def run_pgbouncer(postgres: EmbeddedPostgres, workdir: Path) -> Iterator[str]:
+    """Start PgBouncer (as the server's unprivileged user: it refuses root) and yield its URL."""
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not Path(binary).exists():
+        pytest.fail("pgbouncer is not installed (make test installs it: apt-get install pgbouncer)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (workdir / "userlist.txt").write_text('"postgres" ""\n')
+    (workdir / "pgbouncer.ini").write_text(
+        f"""[databases]
+postgres = host={postgres.socket_dir} port={postgres.port} dbname=postgres user=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {workdir}/userlist.txt
+pool_mode = transaction
+default_pool_size = 8
+max_client_conn = 500
+logfile = {workdir}/pgbouncer.log
+"""
+    )
+    shutil.chown(workdir, "embedded_postgres")  # pgbouncer writes its log there
+    workdir.chmod(0o755)
+    for parent in workdir.parents:  # the unprivileged user must reach the config
+        if parent == Path(tempfile.gettempdir()):
+            break
+        parent.chmod(parent.stat().st_mode | 0o005)
+    process = subprocess.Popen(  # noqa: S603
+        [binary, "-u", "embedded_postgres", str(workdir / "pgbouncer.ini")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        log = workdir / "pgbouncer.log"
+        assert process.poll() is None, log.read_text() if log.exists() else "no log"
+        assert time.monotonic() < deadline, "pgbouncer did not start"
+        time.sleep(0.05)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def make_token(
@@ -73,15 +128,40 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostg
 
 
 @pytest.fixture(scope="session")
-def database_url(postgres: EmbeddedPostgres) -> str:
+def direct_database_url(postgres: EmbeddedPostgres) -> str:
     url = postgres.url()
     run_alembic(url, "upgrade", "head")
     return url
 
 
 @pytest.fixture(scope="session")
+def pgbouncer(
+    postgres: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A real PgBouncer in transaction mode (Neon's pooler mode) in front of the test server."""
+    yield from run_pgbouncer(postgres, tmp_path_factory.mktemp("pgbouncer"))
+
+
+# TEST_DATABASE_ROUTE=pgbouncer runs the suite through PgBouncer (make test does a second pass).
+VIA_PGBOUNCER = os.environ.get("TEST_DATABASE_ROUTE") == "pgbouncer"
+
+
+@pytest.fixture(scope="session")
+def database_url(request: pytest.FixtureRequest, direct_database_url: str) -> str:
+    if VIA_PGBOUNCER:
+        url: str = request.getfixturevalue("pgbouncer")
+        return url
+    return direct_database_url
+
+
+@pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    return Settings(_env_file=None, database_url=database_url, better_auth_secret=SECRET)
+    return Settings(
+        _env_file=None,
+        database_url=database_url,
+        better_auth_secret=SECRET,
+        db_statement_cache=False if VIA_PGBOUNCER else None,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +188,7 @@ async def _shared_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 async def clean_tables(engine: AsyncEngine) -> AsyncIterator[None]:
     """Empties the tables after the test, whichever app wrote to them."""
     yield
-    async with engine.connect() as connection:
+    async with engine.begin() as connection:
         await connection.execute(text("TRUNCATE tasks, users CASCADE"))
 
 

@@ -33,7 +33,10 @@ async def test_request_id_is_echoed_or_made_up(client: httpx.AsyncClient) -> Non
 async def unreachable_database(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     # Port 9 on loopback: nothing listens, so every connection attempt is refused at once.
     dead = settings.model_copy(
-        update={"database_url": "postgresql://u:p@127.0.0.1:9/app", "db_pool_timeout_seconds": 2}
+        update={
+            "database_url": "postgresql://u:p@127.0.0.1:9/app",
+            "db_connect_budget_seconds": 0.3,
+        }
     )
     app = create_app(dead)
     async with (

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
 
-from backend.deps import ConnectionDep, OwnerDep, TaskId
+from backend.deps import ConnectionDep, OwnerDep, TaskId, enforce_rate_limit
 from backend.errors import TaskNotFound
 from backend.models import (
     MAX_ID,
@@ -46,6 +46,7 @@ def _error(description: str, model: type = ErrorOut) -> dict[str, Any]:
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error("Missing, malformed, expired or untrusted bearer token."),
     403: _error("The path user_id is not the signed-in user."),
+    429: _error("RATE_LIMIT_PER_MINUTE spent; retry after `Retry-After` seconds."),
     422: _error("The request does not match the schema.", ValidationErrorOut),
     503: _error("The database is unavailable; retry after `Retry-After` seconds."),
 }
@@ -55,7 +56,12 @@ _BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     415: _error("Body is not application/json."),
 }
 
-router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=_AUTH_ERRORS)
+router = APIRouter(
+    prefix="/api/{user_id}/tasks",
+    tags=["tasks"],
+    responses=_AUTH_ERRORS,
+    dependencies=[Depends(enforce_rate_limit)],
+)
 
 
 def _owned(task_id: int, user_id: str) -> Any:

@@ -1,0 +1,139 @@
+"""PostgreSQL crashes and comes back while requests are running.
+
+During the outage: 503 + Retry-After, never a 500, no request hangs. After: the service recovers
+by itself, and every write it acknowledged (2xx) before the crash is in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from backend.config import Settings
+from backend.db import EmbeddedPostgres
+from backend.main import create_app
+from tests.conftest import SECRET, bearer, run_alembic
+
+WORKERS = 8
+RUN_SECONDS = 9.0
+CRASH_AT, OUTAGE_SECONDS = 2.0, 2.5
+REQUEST_TIMEOUT = 15.0  # far above the connect budget: hitting it means a hung request
+
+
+@dataclass
+class Ledger:
+    """What the clients saw: each outcome, and the writes the server acknowledged."""
+
+    statuses: list[int] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    acknowledged: dict[int, str] = field(default_factory=dict)
+    hung: int = 0
+    successes_at: list[float] = field(default_factory=list)
+
+
+@pytest.fixture
+def crashable_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(tmp_path / "crashable", delete_on_stop=True)
+    run_alembic(server.url(), "upgrade", "head")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def api(crashable_postgres: EmbeddedPostgres) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(
+        _env_file=None,
+        database_url=crashable_postgres.url(),
+        better_auth_secret=SECRET,
+        db_connect_budget_seconds=1.0,
+        db_connect_timeout_seconds=1.0,
+    )
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client,
+    ):
+        yield client
+
+
+async def _client_loop(api: httpx.AsyncClient, worker: int, ledger: Ledger, stop_at: float) -> None:
+    user = f"fault-user-{worker}"
+    headers = bearer(user)
+    n = 0
+    while time.monotonic() < stop_at:
+        n += 1
+        title = f"w{worker}-n{n}"
+        started = time.monotonic()
+        try:
+            if n % 4 == 0:
+                request = api.get(f"/api/{user}/tasks?limit=5", headers=headers)
+            else:
+                request = api.post(f"/api/{user}/tasks", headers=headers, json={"title": title})
+            response = await asyncio.wait_for(request, REQUEST_TIMEOUT)
+        except TimeoutError:
+            ledger.hung += 1
+            continue
+        ledger.latencies.append(time.monotonic() - started)
+        ledger.statuses.append(response.status_code)
+        if response.status_code == 503:
+            assert response.headers["Retry-After"] == "2"
+            assert response.json()["code"] == "database_unavailable"
+            await asyncio.sleep(0.05)
+        elif response.status_code == 201:
+            ledger.acknowledged[response.json()["id"]] = title
+        if response.status_code < 300:
+            ledger.successes_at.append(time.monotonic())
+
+
+async def test_postgres_crash_and_restart_under_load(
+    api: httpx.AsyncClient, crashable_postgres: EmbeddedPostgres
+) -> None:
+    ledger = Ledger()
+    pg = crashable_postgres
+    socket_dir = pg.socket_dir
+    started = time.monotonic()
+    clients = [
+        asyncio.create_task(_client_loop(api, w, ledger, started + RUN_SECONDS))
+        for w in range(WORKERS)
+    ]
+
+    await asyncio.sleep(CRASH_AT)
+    await asyncio.to_thread(pg.pg_ctl, "stop", "-m", "immediate", "-w")  # a crash: no checkpoint
+    crashed_at = time.monotonic()
+    await asyncio.sleep(OUTAGE_SECONDS)
+    log = str(pg.data_dir / "log")
+    await asyncio.to_thread(
+        pg.pg_ctl, "start", "-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", log
+    )
+    back_at = time.monotonic()
+    await asyncio.gather(*clients)
+
+    recovered_after = min(t for t in ledger.successes_at if t > back_at) - back_at
+    during = sum(1 for t in ledger.statuses if t == 503)
+    print(
+        f"\nfault run: {len(ledger.statuses)} requests, {len(ledger.acknowledged)} acknowledged "
+        f"writes, 503s={during}, 500s={ledger.statuses.count(500)}, hung={ledger.hung}, "
+        f"outage={back_at - crashed_at:.2f}s, first success {recovered_after * 1000:.0f} ms "
+        f"after PostgreSQL was back, max latency {max(ledger.latencies):.2f}s"
+    )
+    assert ledger.hung == 0
+    assert set(ledger.statuses) <= {200, 201, 503}, sorted(set(ledger.statuses))
+    assert during > 0, "the outage was not observed: the test proves nothing"
+    assert max(ledger.latencies) < 1.0 + 1.0 + 2.0  # budget + one connect timeout + slack
+    assert recovered_after < 2.0
+
+    connection = await asyncpg.connect(pg.url())
+    try:
+        rows = await connection.fetch("SELECT id, title FROM tasks")
+    finally:
+        await connection.close()
+    stored = {row["id"]: row["title"] for row in rows}
+    lost = {i: t for i, t in ledger.acknowledged.items() if stored.get(i) != t}
+    assert lost == {}, f"{len(lost)} acknowledged writes lost"

@@ -1,0 +1,145 @@
+"""The operational surface: CORS, metrics, the per-user rate limit, structured logs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from backend.config import Settings
+from backend.logs import JsonFormatter, configure_logging
+from backend.main import create_app
+from backend.ratelimit import RateLimiter
+from tests.conftest import bearer
+
+
+async def _client(settings: Settings, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings.model_copy(update=overrides))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+async def cors(settings: Settings, clean_tables: None) -> AsyncIterator[httpx.AsyncClient]:
+    async for client in _client(settings, cors_origins=["https://app.example.com"]):
+        yield client
+
+
+async def test_cors_preflight_for_the_web_client(cors: httpx.AsyncClient) -> None:
+    preflight = await cors.options(
+        "/api/alice/tasks",
+        headers={
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert preflight.headers["Access-Control-Allow-Credentials"] == "true"
+
+    response = await cors.get(
+        "/api/alice/tasks", headers={"Origin": "https://app.example.com", **bearer("alice")}
+    )
+    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert "Link" in response.headers["Access-Control-Expose-Headers"]
+
+
+async def test_cors_refuses_other_origins(cors: httpx.AsyncClient) -> None:
+    preflight = await cors.options(
+        "/api/alice/tasks",
+        headers={"Origin": "https://evil.example.com", "Access-Control-Request-Method": "GET"},
+    )
+    assert "Access-Control-Allow-Origin" not in preflight.headers
+
+
+async def test_metrics_are_off_by_default(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/metrics")).status_code == 404
+
+
+@pytest.fixture
+async def metered(settings: Settings, clean_tables: None) -> AsyncIterator[httpx.AsyncClient]:
+    async for client in _client(
+        settings, metrics_enabled=True, metrics_token=SecretStr("scrape-me")
+    ):
+        yield client
+
+
+async def test_metrics_count_by_route_template(metered: httpx.AsyncClient) -> None:
+    created = await metered.post("/api/alice/tasks", headers=bearer("alice"), json={"title": "t"})
+    await metered.get(created.headers["Location"], headers=bearer("alice"))
+    await metered.get("/api/alice/tasks/999999", headers=bearer("alice"))
+
+    refused = await metered.get("/metrics")
+    scraped = await metered.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+    assert refused.status_code == 401
+    text = scraped.text
+    route = 'route="/api/{user_id}/tasks/{task_id}"'
+    assert f'http_requests_total{{method="GET",{route},status="200"}} 1' in text
+    assert f'http_requests_total{{method="GET",{route},status="404"}} 1' in text
+    assert 'http_requests_total{method="POST",route="/api/{user_id}/tasks",status="201"} 1' in text
+    assert f'http_request_duration_seconds_count{{method="GET",{route}}} 2' in text
+    assert "db_pool_connections_in_use 0" in text
+    assert "alice" not in text  # user ids and task ids never become labels
+
+
+@pytest.fixture
+async def limited(settings: Settings, clean_tables: None) -> AsyncIterator[httpx.AsyncClient]:
+    async for client in _client(settings, rate_limit_per_minute=5):
+        yield client
+
+
+async def test_rate_limit_is_per_user(limited: httpx.AsyncClient) -> None:
+    statuses = [
+        (await limited.get("/api/alice/tasks", headers=bearer("alice"))).status_code
+        for _ in range(6)
+    ]
+    assert statuses == [200] * 5 + [429]
+    refused = await limited.get("/api/alice/tasks", headers=bearer("alice"))
+    assert refused.json()["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 12
+    assert (await limited.get("/api/bob/tasks", headers=bearer("bob"))).status_code == 200
+    assert (await limited.get("/api/alice/tasks")).status_code == 401  # auth comes first
+
+
+def test_token_bucket_refills() -> None:
+    now = [0.0]
+    limiter = RateLimiter(per_minute=60, clock=lambda: now[0])
+    assert all(limiter.retry_after("u") is None for _ in range(60))
+    wait = limiter.retry_after("u")
+    assert wait is not None
+    assert wait == pytest.approx(1.0)
+    now[0] += 1.0
+    assert limiter.retry_after("u") is None
+
+
+def test_json_logs_carry_the_request_id() -> None:
+    record = logging.LogRecord("backend", logging.ERROR, __file__, 1, "boom %s", ("x",), None)
+    record.request_id = "req-42"
+    entry = orjson.loads(JsonFormatter().format(record))
+    assert entry["msg"] == "boom x"
+    assert entry["request_id"] == "req-42"
+    assert entry["level"] == "ERROR"
+
+
+async def test_a_request_logs_json_with_its_id(
+    settings: Settings, capfd: pytest.CaptureFixture[str]
+) -> None:
+    down = {"database_url": "postgresql://u:p@127.0.0.1:9/app", "db_connect_budget_seconds": 0}
+    async for client in _client(settings, log_format="json", **down):
+        headers = {"X-Request-ID": "trace-7", **bearer("alice")}
+        assert (await client.get("/api/alice/tasks", headers=headers)).status_code == 503
+    configure_logging("WARNING", "text")
+    lines = [orjson.loads(line) for line in capfd.readouterr().err.splitlines() if line]
+    outage = [line for line in lines if line["msg"].startswith("database unavailable")]
+    assert outage
+    assert outage[0]["request_id"] == "trace-7"
+    assert outage[0]["level"] == "WARNING"
