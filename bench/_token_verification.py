@@ -1,6 +1,6 @@
 """Cost of verifying one bearer token with a warm key cache, per algorithm.
 
-    .venv/bin/python -m bench.token_verification
+    .venv/bin/python -m bench._token_verification
 
 The JWKS is served by a real loopback HTTP server and fetched once; every timed call then runs
 on cached keys, as the request path does.

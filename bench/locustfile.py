@@ -1,0 +1,287 @@
+"""Per-user isolation under concurrent load: `locust -f bench/` (web UI) or headless:
+
+    locust -f bench/ --headless -u 50 -r 10 -t 60s --host http://127.0.0.1:8000
+
+Each simulated user has its own identity and token: HS256 minted with BETTER_AUTH_SECRET, or
+`<user_id> <token>` lines from TOKENS_FILE (tokens of a real deployment's users). Every response
+is checked against what that user did: lists equal its own tasks exactly, toggles flip, deleted
+tasks are gone, and probes of other users' tasks get 404 (own path) or 403 (their path).
+A violation is a failure named `ISOLATION: ...`; the run exits non-zero on any violation, any
+5xx, or a failure ratio above MAX_FAIL_RATIO (default 0.01).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import secrets
+import string
+import time
+from typing import Any, ClassVar
+
+import jwt
+from locust import FastHttpUser, between, events, task
+from locust.env import Environment
+
+MAX_FAIL_RATIO = float(os.environ.get("MAX_FAIL_RATIO", "0.01"))
+_ALPHANUMERIC = string.ascii_letters + string.digits
+
+
+class Identity:
+    """A Better Auth-style user: a 32-character alphanumeric id and a bearer token."""
+
+    _numbers = itertools.count(1)
+    _from_file: list[tuple[str, str]] | None = None
+
+    def __init__(self) -> None:
+        self.label = f"u{next(self._numbers)}"
+        supplied = self._supplied()
+        if supplied:
+            self.user_id, self.token = supplied[(int(self.label[1:]) - 1) % len(supplied)]
+            return
+        secret = os.environ.get("BETTER_AUTH_SECRET")
+        if not secret:
+            raise RuntimeError("set BETTER_AUTH_SECRET (to mint tokens) or TOKENS_FILE")
+        self.user_id = "".join(secrets.choice(_ALPHANUMERIC) for _ in range(32))
+        now = int(time.time())
+        claims = {
+            "sub": self.user_id,
+            "email": f"{self.label}@bench.test",
+            "iat": now,
+            "exp": now + 24 * 3600,
+        }
+        for claim, variable in (("iss", "JWT_ISSUER"), ("aud", "JWT_AUDIENCE")):
+            if os.environ.get(variable):
+                claims[claim] = os.environ[variable]
+        self.token = jwt.encode(claims, secret, algorithm="HS256")
+
+    @classmethod
+    def _supplied(cls) -> list[tuple[str, str]]:
+        path = os.environ.get("TOKENS_FILE")
+        if path and cls._from_file is None:
+            with open(path, encoding="utf-8") as lines:
+                cls._from_file = [tuple(line.split(None, 1)) for line in lines if line.strip()]  # type: ignore[misc]
+        return [(u, t.strip()) for u, t in cls._from_file or []]
+
+
+class Ledger:
+    """Who owns which task, across the simulated users of this process (for probes and names)."""
+
+    owner_of: ClassVar[dict[int, str]] = {}  # task id -> owner's label
+    ids_of: ClassVar[dict[str, Identity]] = {}  # label -> identity
+    violations = 0
+
+
+def report_isolation(message: str) -> None:
+    Ledger.violations += 1
+    events.request.fire(
+        request_type="ISOLATION",
+        name=message,
+        response_time=0,
+        response_length=0,
+        exception=AssertionError(message),
+        context={},
+    )
+
+
+class TaskApiUser(FastHttpUser):
+    """What every persona shares: an identity, its tasks as it knows them, checked calls."""
+
+    abstract = True
+    wait_time = between(0.0, 0.1)
+
+    def on_start(self) -> None:
+        self.me = Identity()
+        Ledger.ids_of[self.me.label] = self.me
+        self.headers = {"Authorization": f"Bearer {self.me.token}"}
+        self.mine: dict[int, dict[str, Any]] = {}
+        self.base = f"/api/{self.me.user_id}/tasks"
+        listing = self._call("GET", self.base, 200, name="list")
+        for item in listing or []:  # a supplied identity may already own tasks
+            self._adopt(item)
+
+    # --- checked calls -------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, expected: int, *, name: str, json: Any = None) -> Any:
+        with self.client.request(
+            method, path, headers=self.headers, json=json, name=name, catch_response=True
+        ) as response:
+            if response.status_code != expected:
+                response.failure(f"{method} {name}: {response.status_code}, expected {expected}")
+                return None
+            response.success()  # an expected 404 is a pass, not Locust's default failure
+            return response.json() if response.content else None
+
+    def _adopt(self, task: dict[str, Any]) -> None:
+        if task["user_id"] != self.me.user_id:
+            owner = Ledger.owner_of.get(task["id"], "another user")
+            report_isolation(f"ISOLATION: user {self.me.label} saw task {task['id']} of {owner}")
+            return
+        self.mine[task["id"]] = task
+        Ledger.owner_of[task["id"]] = self.me.label
+
+    def create(self) -> None:
+        title = f"{self.me.label} task {random.randrange(10**6)}"
+        created = self._call("POST", self.base, 201, name="create", json={"title": title})
+        if created is not None:
+            self._adopt(created)
+
+    def check_list(self) -> None:
+        listing = self._call("GET", self.base, 200, name="list")
+        if listing is None:
+            return
+        for item in listing:
+            if item["user_id"] != self.me.user_id:
+                self._adopt(item)  # reports the leak
+        seen = {item["id"] for item in listing if item["user_id"] == self.me.user_id}
+        if seen != set(self.mine):
+            report_isolation(
+                f"ISOLATION: user {self.me.label} listed {sorted(seen - set(self.mine))[:5]} "
+                f"it never made, missing {sorted(set(self.mine) - seen)[:5]}"
+            )
+
+    def some_task(self) -> int | None:
+        return random.choice(list(self.mine)) if self.mine else None
+
+
+class Planner(TaskApiUser):
+    """Plans the day: creates, lists, reads and renames."""
+
+    weight = 3
+
+    @task(3)
+    def plan(self) -> None:
+        self.create()
+
+    @task(4)
+    def review(self) -> None:
+        self.check_list()
+
+    @task(2)
+    def read(self) -> None:
+        if (task_id := self.some_task()) is not None:
+            got = self._call("GET", f"{self.base}/{task_id}", 200, name="read")
+            if got is not None and got != self.mine[task_id]:
+                report_isolation(f"ISOLATION: user {self.me.label} read task {task_id} changed")
+
+    @task(1)
+    def rename(self) -> None:
+        if (task_id := self.some_task()) is not None:
+            body = {"title": f"renamed {random.randrange(10**6)}"}
+            updated = self._call("PUT", f"{self.base}/{task_id}", 200, name="update", json=body)
+            if updated is not None:
+                self._adopt(updated)
+
+
+class Finisher(TaskApiUser):
+    """Gets things done: toggles completion, deletes what is finished."""
+
+    weight = 2
+
+    @task(2)
+    def add(self) -> None:
+        self.create()
+
+    @task(3)
+    def toggle(self) -> None:
+        if (task_id := self.some_task()) is None:
+            return
+        before = self.mine[task_id]["completed"]
+        toggled = self._call("PATCH", f"{self.base}/{task_id}/complete", 200, name="toggle")
+        if toggled is not None:
+            if toggled["completed"] is before:
+                report_isolation(
+                    f"ISOLATION: user {self.me.label} toggle of {task_id} did not flip"
+                )
+            self._adopt(toggled)
+
+    @task(1)
+    def finish(self) -> None:
+        if (task_id := self.some_task()) is None:
+            return
+        self._call("DELETE", f"{self.base}/{task_id}", 204, name="delete")
+        self.mine.pop(task_id, None)
+        self._call("GET", f"{self.base}/{task_id}", 404, name="read deleted")
+
+    @task(2)
+    def review(self) -> None:
+        self.check_list()
+
+
+class Snoop(TaskApiUser):
+    """Tries every way into other users' tasks; each attempt must be refused."""
+
+    weight = 1
+
+    @task(1)
+    def keep_some(self) -> None:
+        if len(self.mine) < 3:
+            self.create()
+
+    @task(4)
+    def probe(self) -> None:
+        foreign = [(i, o) for i, o in list(Ledger.owner_of.items()) if o != self.me.label]
+        if not foreign:
+            return
+        task_id, owner_label = random.choice(foreign)
+        owner = Ledger.ids_of[owner_label]
+        method, suffix, body = random.choice(
+            [
+                ("GET", "", None),
+                ("PUT", "", {"title": "pwned"}),
+                ("PATCH", "/complete", None),
+                ("DELETE", "", None),
+            ]
+        )
+        for path, expected in (
+            (f"{self.base}/{task_id}{suffix}", 404),
+            (f"/api/{owner.user_id}/tasks/{task_id}{suffix}", 403),
+        ):
+            with self.client.request(
+                method,
+                path,
+                headers=self.headers,
+                json=body,
+                catch_response=True,
+                name=f"probe {method} {'own path' if expected == 404 else 'their path'}",
+            ) as response:
+                if response.status_code == expected:
+                    response.success()
+                elif response.status_code >= 500:
+                    response.failure(f"{response.status_code} on a probe")
+                else:  # reported once, under the violation's own name
+                    response.success()
+                    report_isolation(
+                        f"ISOLATION: user {self.me.label} got {response.status_code} on "
+                        f"{method} task {task_id} of {owner_label}"
+                    )
+
+    @task(1)
+    def review(self) -> None:
+        self.check_list()
+
+
+@events.quitting.add_listener
+def _exit_code(environment: Environment, **_: Any) -> None:
+    stats = environment.stats.total
+    server_errors = sum(_server_errors.values())
+    if Ledger.violations:
+        print(f"isolation violations: {Ledger.violations}")
+        environment.process_exit_code = 1
+    elif server_errors:
+        print(f"5xx responses: {server_errors}")
+        environment.process_exit_code = 1
+    elif stats.fail_ratio > MAX_FAIL_RATIO:
+        print(f"failure ratio {stats.fail_ratio:.3%} > {MAX_FAIL_RATIO:.3%}")
+        environment.process_exit_code = 1
+
+
+_server_errors: dict[tuple[str, int], int] = {}
+
+
+@events.request.add_listener
+def _count_server_errors(response: Any = None, name: str = "", **_: Any) -> None:
+    status = getattr(response, "status_code", 0) or 0
+    if status >= 500:
+        _server_errors[(name, status)] = _server_errors.get((name, status), 0) + 1

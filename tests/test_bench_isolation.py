@@ -1,0 +1,83 @@
+"""The Locust isolation scenarios in bench/ pass on the real server and catch a planted leak.
+
+Each run is the command the README gives (`locust -f bench/ --headless ...`), shortened.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fastapi import APIRouter, FastAPI, Response
+from sqlalchemy import select
+
+from backend.config import Settings
+from backend.deps import ConnectionDep, OwnerDep, TaskId
+from backend.errors import TaskNotFound
+from backend.main import create_app
+from backend.models import tasks
+from backend.responses import JsonResponse
+from tests.conftest import ROOT, SECRET, serve
+
+pytestmark = pytest.mark.usefixtures("clean_tables_sync")
+
+
+def run_locust(host: str, seconds: int = 6) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "locust", "-f", "bench/", "--headless", "-u", "24", "-r", "24"]
+    command += ["-t", f"{seconds}s", "--host", host, "--only-summary", "--stop-timeout", "2"]
+    return subprocess.run(  # noqa: S603
+        command,
+        cwd=ROOT,
+        env={**os.environ, "BETTER_AUTH_SECRET": SECRET},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_passes_on_the_real_server(live_server: str) -> None:
+    result = run_locust(live_server)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "ISOLATION" not in result.stdout + result.stderr
+
+
+def _list_without_owner_filter(router: APIRouter) -> None:
+    @router.get("/api/{user_id}/tasks")
+    async def list_tasks(user: OwnerDep, connection: ConnectionDep) -> Response:
+        rows = (await connection.execute(select(tasks).order_by(tasks.c.id))).mappings()
+        return JsonResponse([dict(row) for row in rows])  # the bug: every user's tasks
+
+
+def _read_without_owner_filter(router: APIRouter) -> None:
+    @router.get("/api/{user_id}/tasks/{task_id}")
+    async def read_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep) -> Response:
+        query = select(tasks).where(tasks.c.id == task_id)  # the bug: no user_id in the WHERE
+        row = (await connection.execute(query)).mappings().one_or_none()
+        if row is None:
+            raise TaskNotFound(task_id)
+        return JsonResponse(dict(row))
+
+
+def _mutant(settings: Settings, plant: Callable[[APIRouter], Any]) -> FastAPI:
+    app = create_app(settings)
+    leaky = APIRouter()
+    plant(leaky)
+    app.router.routes[0:0] = leaky.routes  # matched before the real route
+    return app
+
+
+@pytest.mark.parametrize(
+    "plant", [_list_without_owner_filter, _read_without_owner_filter], ids=["list", "read"]
+)
+def test_fails_on_a_planted_ownership_bug(
+    settings: Settings, plant: Callable[[APIRouter], Any]
+) -> None:
+    with serve(_mutant(settings, plant)) as url:
+        result = run_locust(url)
+    assert result.returncode != 0
+    assert "ISOLATION: user u" in result.stdout + result.stderr
