@@ -8,7 +8,7 @@ PORT ?= 8000
 WORKERS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run serve migrate token test fuzz check lint types format clean
+.PHONY: help install run serve migrate token test fuzz bench check lint types format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -70,6 +70,14 @@ test: $(TEST_DEPS) ## run the whole suite on a throwaway embedded PostgreSQL, di
 fuzz: $(TEST_DEPS) ## the long contract fuzz + stateful run (minutes)
 	FUZZ_EXAMPLES=1500 STATEFUL_EXAMPLES=400 STATEFUL_STEPS=50 \
 		$(BIN)/pytest -p no:cacheprovider tests/test_contract_fuzz.py tests/test_stateful.py
+
+WRK := /usr/bin/wrk
+$(WRK):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
+
+bench: install $(WRK) ## API vs raw Starlette+asyncpg ceiling, scale and memory -> bench/results/<date>.md
+	$(BIN)/python -m bench._throughput
 
 lint: install
 	$(BIN)/ruff check backend tests $(wildcard bench)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -172,6 +173,36 @@ class JwksCache:
         }
 
 
+class VerifiedTokens:
+    """Tokens already verified, remembered until their `exp` (bounded, least recent out).
+
+    A browser sends the same token for its whole life (15 minutes for Better Auth), so most
+    requests skip the signature check: `make bench` measures what that buys. An entry never
+    outlives the token's own `exp`; a key withdrawn from the JWKS stops new tokens at once and
+    already-seen ones at their expiry.
+    """
+
+    def __init__(self, max_entries: int = 4096, clock: Callable[[], float] = time.time) -> None:
+        self._entries: OrderedDict[str, tuple[AuthUser, float]] = OrderedDict()
+        self._max_entries = max_entries
+        self._clock = clock
+
+    def get(self, token: str) -> AuthUser | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        if self._clock() >= entry[1]:
+            del self._entries[token]
+            return None
+        self._entries.move_to_end(token)
+        return entry[0]
+
+    def put(self, token: str, user: AuthUser, expires_at: float) -> None:
+        self._entries[token] = (user, expires_at)
+        if len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+
 class TokenVerifier:
     """Checks signature, algorithm, expiry and (when configured) issuer and audience."""
 
@@ -192,6 +223,7 @@ class TokenVerifier:
         self._audience = audience
         self._leeway = leeway
         self._options: Options = {"require": ["exp", "sub"], "verify_aud": audience is not None}
+        self._verified = VerifiedTokens()
 
     @classmethod
     def from_settings(cls, settings: Settings, client: httpx.AsyncClient | None) -> TokenVerifier:
@@ -221,6 +253,13 @@ class TokenVerifier:
         """The user the token speaks for, or `TokenError`."""
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenError("Token is too large.")
+        if (known := self._verified.get(token)) is not None:
+            return known
+        user, expires_at = await self._verify_signed(token)
+        self._verified.put(token, user, expires_at)
+        return user
+
+    async def _verify_signed(self, token: str) -> tuple[AuthUser, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -254,7 +293,7 @@ class TokenVerifier:
             raise TokenError(f"Token lacks the {exc.claim!r} claim.") from exc
         except jwt.PyJWTError as exc:
             raise TokenError("Token signature or claims are invalid.") from exc
-        return _user_from(claims)
+        return _user_from(claims), float(claims["exp"])
 
     async def _key_for(self, algorithm: str, kid: object) -> Any:
         if algorithm in HMAC_ALGORITHMS:

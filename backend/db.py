@@ -75,6 +75,11 @@ def normalise_url(raw: str, statement_cache: bool | None = None) -> DatabaseTarg
     return DatabaseTarget(url=url, connect_args=connect_args, statement_cache=statement_cache)
 
 
+def uses_autocommit(settings: DatabaseSettings, database_url: str) -> bool:
+    """Autocommit on direct connections; explicit transactions behind a pooler (see below)."""
+    return normalise_url(database_url, settings.db_statement_cache).statement_cache
+
+
 def _unique_statement_name() -> str:
     return f"__asyncpg_{uuid.uuid4().hex}__"
 
@@ -101,7 +106,9 @@ def create_engine(settings: DatabaseSettings, database_url: str) -> AsyncEngine:
     return create_async_engine(
         target.url,
         connect_args=connect_args,
-        isolation_level="AUTOCOMMIT" if target.statement_cache else "READ COMMITTED",
+        isolation_level="AUTOCOMMIT"
+        if uses_autocommit(settings, database_url)
+        else "READ COMMITTED",
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,

@@ -34,7 +34,8 @@ async def get_connection(request: Request) -> AsyncIterator[AsyncConnection]:
     connection = await connect(request.app.state.engine, settings.db_connect_budget_seconds)
     try:
         yield connection
-        await connection.commit()  # no round trip in autocommit; COMMIT behind a pooler
+        if not request.app.state.autocommit:  # behind a pooler: COMMIT (autocommit: done)
+            await connection.commit()
     finally:
         await connection.close()
 
@@ -53,20 +54,18 @@ async def current_user(
 CurrentUser = Annotated[AuthUser, Depends(current_user)]
 
 
-async def enforce_rate_limit(request: Request, user: CurrentUser) -> None:
-    """429 once the user has spent RATE_LIMIT_PER_MINUTE (when set) in this worker."""
-    limiter: RateLimiter | None = request.app.state.rate_limiter
-    if limiter is not None and (wait := limiter.retry_after(user.id)) is not None:
-        raise RateLimited(wait)
-
-
 async def path_owner(
+    request: Request,
     user: CurrentUser,
     user_id: Annotated[str, Path(description="The signed-in user's id (the token's `sub`).")],
 ) -> AuthUser:
-    """The token's user, provided the path names that same user; otherwise 403."""
+    """The token's user, provided the path names that same user (else 403) and has not spent
+    RATE_LIMIT_PER_MINUTE in this worker (else 429, when the limit is on)."""
     if user_id != user.id:
         raise Forbidden("The path user_id does not match the signed-in user.")
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    if limiter is not None and (wait := limiter.retry_after(user.id)) is not None:
+        raise RateLimited(wait)
     return user
 
 

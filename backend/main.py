@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from backend.auth import TokenVerifier
 from backend.config import Settings, get_settings
-from backend.db import EmbeddedPostgres, create_engine, embedded_data_dir
+from backend.db import EmbeddedPostgres, create_engine, embedded_data_dir, uses_autocommit
 from backend.errors import install_error_handlers
 from backend.logs import configure_logging
 from backend.metrics import Metrics, MetricsMiddleware
@@ -51,6 +51,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await verifier.jwks.refresh()  # a failure is logged; keys are fetched again on demand
 
         app.state.engine = engine
+        app.state.autocommit = uses_autocommit(settings, database_url)
         app.state.verifier = verifier
         yield
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
-from sqlalchemy import Select, delete, func, insert, select, update
+from fastapi import APIRouter, Query, Request, Response, status
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
 
-from backend.deps import ConnectionDep, OwnerDep, TaskId, enforce_rate_limit
+from backend.deps import ConnectionDep, OwnerDep, TaskId
 from backend.errors import TaskNotFound
 from backend.models import (
     MAX_ID,
@@ -56,16 +56,45 @@ _BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     415: _error("Body is not application/json."),
 }
 
-router = APIRouter(
-    prefix="/api/{user_id}/tasks",
-    tags=["tasks"],
-    responses=_AUTH_ERRORS,
-    dependencies=[Depends(enforce_rate_limit)],
+router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=_AUTH_ERRORS)
+
+
+# The statements, built once: per request only the parameters change, so SQLAlchemy neither
+# rebuilds the expression nor recomputes its cache key. Each is scoped by the owner's id.
+_OWNED = (tasks.c.id == bindparam("task_id")) & (tasks.c.user_id == bindparam("owner_id"))
+_PAGE = (
+    select(*_COLUMNS)
+    .where(tasks.c.user_id == bindparam("owner_id"), tasks.c.id > bindparam("after_id"))
+    .order_by(tasks.c.id)
+    .limit(bindparam("rows"))
 )
-
-
-def _owned(task_id: int, user_id: str) -> Any:
-    return (tasks.c.id == task_id) & (tasks.c.user_id == user_id)
+_PAGE_BY_STATE = _PAGE.where(tasks.c.completed == bindparam("state"))
+_READ = select(*_COLUMNS).where(_OWNED)
+_CREATE = (
+    insert(tasks)
+    .values(
+        user_id=bindparam("owner_id"),
+        title=bindparam("new_title"),
+        description=bindparam("new_description"),
+    )
+    .returning(*_COLUMNS)
+    # The user row comes from the token, in the same statement (a no-op once it exists).
+    .add_cte(
+        pg_insert(users)
+        .values(
+            id=bindparam("owner_id"), email=bindparam("owner_email"), name=bindparam("owner_name")
+        )
+        .on_conflict_do_nothing(index_elements=[users.c.id])
+        .cte("provision_user")
+    )
+)
+_TOGGLE = (
+    update(tasks)
+    .where(_OWNED)
+    .values(completed=~tasks.c.completed, updated_at=func.now())
+    .returning(*_COLUMNS)
+)
+_DELETE = delete(tasks).where(_OWNED).returning(tasks.c.id)
 
 
 def _task(row: RowMapping | None, task_id: int) -> JsonResponse:
@@ -89,15 +118,15 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = MAX_PAGE,
     after_id: Annotated[int, Query(ge=0, le=MAX_ID, description="Start after this id.")] = 0,
 ) -> Response:
-    query: Select[Any] = (
-        select(*_COLUMNS)
-        .where(tasks.c.user_id == user.id, tasks.c.id > after_id)
-        .order_by(tasks.c.id)
-        .limit(limit + 1)  # one extra row tells whether another page exists
-    )
-    if completed is not None:
-        query = query.where(tasks.c.completed == completed)
-    rows = (await connection.execute(query)).mappings().all()
+    statement = _PAGE if completed is None else _PAGE_BY_STATE
+    # One extra row tells whether another page exists.
+    parameters = {
+        "owner_id": user.id,
+        "after_id": after_id,
+        "rows": limit + 1,
+        "state": completed,
+    }
+    rows = (await connection.execute(statement, parameters)).mappings().all()
 
     headers = {}
     if len(rows) > limit:
@@ -117,28 +146,17 @@ async def list_tasks(
 async def create_task(
     request: Request, body: CreateTask, user: OwnerDep, connection: ConnectionDep
 ) -> Response:
-    # The user row is provisioned from the token in the same statement (no-op once it exists).
-    provision_user = (
-        pg_insert(users)
-        .values(id=user.id, email=user.email, name=user.name)
-        .on_conflict_do_nothing(index_elements=[users.c.id])
-        .cte("provision_user")
-    )
-    statement = (
-        insert(tasks)
-        .values(user_id=user.id, title=body.title, description=body.description)
-        .returning(*_COLUMNS)
-        .add_cte(provision_user)
-    )
-    row = (await connection.execute(statement)).mappings().one()
+    parameters = {"owner_id": user.id, "owner_email": user.email, "owner_name": user.name}
+    parameters |= {"new_title": body.title, "new_description": body.description}
+    row = (await connection.execute(_CREATE, parameters)).mappings().one()
     location = request.app.url_path_for("read_task", user_id=user.id, task_id=str(row["id"]))
     return JsonResponse(dict(row), status.HTTP_201_CREATED, {"Location": location})
 
 
 @router.get("/{task_id}", response_model=TaskOut, summary="Read a task", responses=_TASK_ERRORS)
 async def read_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep) -> Response:
-    query = select(*_COLUMNS).where(_owned(task_id, user.id))
-    return _task((await connection.execute(query)).mappings().one_or_none(), task_id)
+    parameters = {"task_id": task_id, "owner_id": user.id}
+    return _task((await connection.execute(_READ, parameters)).mappings().one_or_none(), task_id)
 
 
 @router.put(
@@ -151,13 +169,17 @@ async def read_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep) 
 async def update_task(
     task_id: TaskId, body: UpdateTask, user: OwnerDep, connection: ConnectionDep
 ) -> Response:
+    # Built per request: which columns change depends on the body.
     statement = (
         update(tasks)
-        .where(_owned(task_id, user.id))
+        .where(_OWNED)
         .values(**body.model_dump(exclude_unset=True), updated_at=func.now())
         .returning(*_COLUMNS)
     )
-    return _task((await connection.execute(statement)).mappings().one_or_none(), task_id)
+    parameters = {"task_id": task_id, "owner_id": user.id}
+    return _task(
+        (await connection.execute(statement, parameters)).mappings().one_or_none(), task_id
+    )
 
 
 @router.delete(
@@ -168,8 +190,8 @@ async def update_task(
     responses=_TASK_ERRORS,
 )
 async def delete_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep) -> Response:
-    statement = delete(tasks).where(_owned(task_id, user.id)).returning(tasks.c.id)
-    if (await connection.execute(statement)).scalar_one_or_none() is None:
+    parameters = {"task_id": task_id, "owner_id": user.id}
+    if (await connection.execute(_DELETE, parameters)).scalar_one_or_none() is None:
         raise TaskNotFound(task_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -182,10 +204,5 @@ async def delete_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep
     responses=_TASK_ERRORS,
 )
 async def toggle_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep) -> Response:
-    statement = (
-        update(tasks)
-        .where(_owned(task_id, user.id))
-        .values(completed=~tasks.c.completed, updated_at=func.now())
-        .returning(*_COLUMNS)
-    )
-    return _task((await connection.execute(statement)).mappings().one_or_none(), task_id)
+    parameters = {"task_id": task_id, "owner_id": user.id}
+    return _task((await connection.execute(_TOGGLE, parameters)).mappings().one_or_none(), task_id)
