@@ -82,6 +82,7 @@ class JwksCache:
         self._last_attempt = float("-inf")
         self._lock = asyncio.Lock()
         self._background: asyncio.Task[bool] | None = None
+        self.on_keys_removed: Callable[[], None] | None = None
         self._fetches_done = 0  # a waiting request compares it to know whether one finished
 
     @property
@@ -92,8 +93,7 @@ class JwksCache:
         """The key with this id, refetching the JWKS once if the id is new to us."""
         key = self._keys.get(kid)
         if key is not None:
-            if self._clock() - self._fetched_at > self._ttl:
-                self._refresh_in_background()
+            self.refresh_if_stale()
             return key
         fetches_seen = self._fetches_done
         async with self._lock:
@@ -118,7 +118,10 @@ class JwksCache:
             self._background.cancel()
             await asyncio.gather(self._background, return_exceptions=True)
 
-    def _refresh_in_background(self) -> None:
+    def refresh_if_stale(self) -> None:
+        """Start a background refetch once the keys are older than the TTL; never waits."""
+        if self._clock() - self._fetched_at <= self._ttl:
+            return
         if self._lock.locked() or (self._background is not None and not self._background.done()):
             return
         if self._clock() - self._last_attempt < self._cooldown:
@@ -143,6 +146,8 @@ class JwksCache:
         if added or removed:
             logger.info("JWKS keys changed: added %s, removed %s", sorted(added), sorted(removed))
         self._keys = keys
+        if removed and self.on_keys_removed is not None:
+            self.on_keys_removed()
         self._fetched_at = self._clock()
         self._fetches_done += 1
         return True
@@ -178,8 +183,7 @@ class VerifiedTokens:
 
     A browser sends the same token for its whole life (15 minutes for Better Auth), so most
     requests skip the signature check: `make bench` measures what that buys. An entry never
-    outlives the token's own `exp`; a key withdrawn from the JWKS stops new tokens at once and
-    already-seen ones at their expiry.
+    outlives the token's own `exp`, and a key withdrawn from the JWKS empties the cache.
     """
 
     def __init__(self, max_entries: int = 4096, clock: Callable[[], float] = time.time) -> None:
@@ -196,6 +200,9 @@ class VerifiedTokens:
             return None
         self._entries.move_to_end(token)
         return entry[0]
+
+    def clear(self) -> None:
+        self._entries.clear()
 
     def put(self, token: str, user: AuthUser, expires_at: float) -> None:
         self._entries[token] = (user, expires_at)
@@ -224,6 +231,8 @@ class TokenVerifier:
         self._leeway = leeway
         self._options: Options = {"require": ["exp", "sub"], "verify_aud": audience is not None}
         self._verified = VerifiedTokens()
+        if jwks is not None:  # a withdrawn key takes its tokens with it, cached or not
+            jwks.on_keys_removed = self._verified.clear
 
     @classmethod
     def from_settings(cls, settings: Settings, client: httpx.AsyncClient | None) -> TokenVerifier:
@@ -254,6 +263,8 @@ class TokenVerifier:
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenError("Token is too large.")
         if (known := self._verified.get(token)) is not None:
+            if self._jwks is not None:
+                self._jwks.refresh_if_stale()  # withdrawn keys are noticed even on cache hits
             return known
         user, expires_at = await self._verify_signed(token)
         self._verified.put(token, user, expires_at)

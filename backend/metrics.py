@@ -11,7 +11,7 @@ import time
 from bisect import bisect_left
 from collections import defaultdict
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+import asyncpg
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.responses import error_response
@@ -34,7 +34,7 @@ class Metrics:
         self.latency_buckets[(method, route)][bisect_left(BUCKETS, seconds)] += 1
         self.latency_sum[(method, route)] += seconds
 
-    def render(self, engine: AsyncEngine | None) -> str:
+    def render(self, pool: asyncpg.Pool | None) -> str:
         lines = [
             "# HELP http_requests_total Requests handled, by route template and status.",
             "# TYPE http_requests_total counter",
@@ -57,15 +57,15 @@ class Metrics:
             lines.append(f"http_request_duration_seconds_count{{{labels}}} {cumulative}")
             total = self.latency_sum[(method, route)]
             lines.append(f"http_request_duration_seconds_sum{{{labels}}} {total:.6f}")
-        if engine is not None:
-            pool = engine.pool
+        if pool is not None:
+            idle = pool.get_idle_size()
             lines += [
                 "# HELP db_pool_connections_in_use Connections checked out of the pool.",
                 "# TYPE db_pool_connections_in_use gauge",
-                f"db_pool_connections_in_use {pool.checkedout()}",  # type: ignore[attr-defined]
+                f"db_pool_connections_in_use {pool.get_size() - idle}",
                 "# HELP db_pool_connections_idle Connections waiting in the pool.",
                 "# TYPE db_pool_connections_idle gauge",
-                f"db_pool_connections_idle {pool.checkedin()}",  # type: ignore[attr-defined]
+                f"db_pool_connections_idle {idle}",
             ]
         return "\n".join(lines) + "\n"
 
@@ -112,8 +112,8 @@ class MetricsMiddleware:
                 )
                 await response(scope, receive, send)
                 return
-        engine = getattr(scope["app"].state, "engine", None)
-        body = self.metrics.render(engine).encode()
+        database = getattr(scope["app"].state, "database", None)
+        body = self.metrics.render(database.pool if database else None).encode()
         headers = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})

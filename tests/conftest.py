@@ -23,8 +23,6 @@ import jwt
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.config import Settings
 from backend.db import EmbeddedPostgres
@@ -172,10 +170,30 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
         yield application
 
 
+class Database:
+    """Straight to PostgreSQL (never through the app or PgBouncer): for setup and assertions."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def fetch(self, query: str, *args: object) -> list[tuple[Any, ...]]:
+        connection = await asyncpg.connect(self.url)
+        try:
+            return [tuple(row) for row in await connection.fetch(query, *args)]
+        finally:
+            await connection.close()
+
+    async def execute(self, query: str) -> None:
+        connection = await asyncpg.connect(self.url)
+        try:
+            await connection.execute(query)
+        finally:
+            await connection.close()
+
+
 @pytest.fixture(scope="session")
-def engine(app: FastAPI) -> AsyncEngine:
-    engine: AsyncEngine = app.state.engine
-    return engine
+def db(direct_database_url: str) -> Database:
+    return Database(direct_database_url)
 
 
 @pytest.fixture(scope="session")
@@ -186,11 +204,10 @@ async def _shared_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def clean_tables(engine: AsyncEngine) -> AsyncIterator[None]:
+async def clean_tables(db: Database) -> AsyncIterator[None]:
     """Empties the tables after the test, whichever app wrote to them."""
     yield
-    async with engine.begin() as connection:
-        await connection.execute(text("TRUNCATE tasks, users CASCADE"))
+    await db.execute("TRUNCATE tasks, users CASCADE")
 
 
 @pytest.fixture
@@ -225,23 +242,16 @@ def serve(app: FastAPI) -> Iterator[str]:
 
 def empty_tables(database_url: str) -> None:
     """Synchronous twin of `clean_tables`, for tests that run outside the event loop."""
-
-    async def truncate() -> None:
-        connection = await asyncpg.connect(database_url)
-        try:
-            await connection.execute("TRUNCATE tasks, users CASCADE")
-        finally:
-            await connection.close()
-
-    worker = threading.Thread(target=asyncio.run, args=(truncate(),))
+    truncate = Database(database_url).execute("TRUNCATE tasks, users CASCADE")
+    worker = threading.Thread(target=asyncio.run, args=(truncate,))
     worker.start()
     worker.join()
 
 
 @pytest.fixture
-def clean_tables_sync(database_url: str) -> Iterator[None]:
+def clean_tables_sync(direct_database_url: str) -> Iterator[None]:
     yield
-    empty_tables(database_url)
+    empty_tables(direct_database_url)
 
 
 @pytest.fixture

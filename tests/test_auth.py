@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 
@@ -9,7 +10,7 @@ import httpx
 import jwt
 import pytest
 
-from backend.auth import MAX_TOKEN_BYTES, TokenError, TokenVerifier
+from backend.auth import MAX_TOKEN_BYTES, AuthUser, TokenError, TokenVerifier, VerifiedTokens
 from backend.config import Settings
 from backend.main import create_app
 from tests.conftest import SECRET, bearer, make_token
@@ -176,3 +177,26 @@ async def test_configured_issuer_is_enforced_over_http(settings: Settings) -> No
     assert wrong_issuer.status_code == wrong_audience.status_code == 401
     assert wrong_issuer.json()["detail"] == "Token issuer is not accepted."
     assert wrong_audience.json()["detail"] == "Token audience is not accepted."
+
+
+def test_verified_tokens_never_outlive_exp_and_stay_bounded() -> None:
+    now = [1000.0]
+    cache = VerifiedTokens(max_entries=2, clock=lambda: now[0])
+    user = AuthUser("u1")
+    cache.put("t1", user, expires_at=1010.0)
+    assert cache.get("t1") == user
+    now[0] = 1010.0
+    assert cache.get("t1") is None  # expired exactly at exp
+    for token in ("a", "b", "c"):
+        cache.put(token, user, expires_at=2000.0)
+    assert cache.get("a") is None  # least recently used went first
+    assert cache.get("c") == user
+
+
+async def test_a_cached_token_is_still_refused_after_it_expires() -> None:
+    verifier = _verifier(leeway=0)
+    token = make_token("u1", exp=int(time.time()) + 2)
+    assert (await verifier.verify(token)).id == "u1"
+    await asyncio.sleep(2.1)
+    with pytest.raises(TokenError, match="expired"):
+        await verifier.verify(token)

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 from fastapi import APIRouter, FastAPI, Response
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from backend.config import Settings
+from backend.db import Sql
 from backend.deps import ConnectionDep, OwnerDep, TaskId
 from backend.errors import TaskNotFound
 from backend.main import create_app
@@ -46,18 +47,21 @@ def test_passes_on_the_real_server(live_server: str) -> None:
     assert "ISOLATION" not in result.stdout + result.stderr
 
 
+_EVERY_TASK = Sql.of(select(tasks).order_by(tasks.c.id))  # the bug: every user's tasks
+_ANY_TASK = Sql.of(select(tasks).where(tasks.c.id == bindparam("task_id")))  # no user_id
+
+
 def _list_without_owner_filter(router: APIRouter) -> None:
     @router.get("/api/{user_id}/tasks")
     async def list_tasks(user: OwnerDep, connection: ConnectionDep) -> Response:
-        rows = (await connection.execute(select(tasks).order_by(tasks.c.id))).mappings()
-        return JsonResponse([dict(row) for row in rows])  # the bug: every user's tasks
+        rows = await connection.fetch(_EVERY_TASK.sql)
+        return JsonResponse([dict(row) for row in rows])
 
 
 def _read_without_owner_filter(router: APIRouter) -> None:
     @router.get("/api/{user_id}/tasks/{task_id}")
     async def read_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep) -> Response:
-        query = select(tasks).where(tasks.c.id == task_id)  # the bug: no user_id in the WHERE
-        row = (await connection.execute(query)).mappings().one_or_none()
+        row = await connection.fetchrow(_ANY_TASK.sql, task_id)
         if row is None:
             raise TaskNotFound(task_id)
         return JsonResponse(dict(row))

@@ -58,6 +58,10 @@ def test_normalise_url(raw: str, url: str, ssl: str | None, statement_cache: boo
     assert target.connect_args.get("ssl") == ssl
     assert target.statement_cache is statement_cache
     assert ("statement_cache_size" in target.connect_args) is not statement_cache
+    # asyncpg's own DSN: same host and database, libpq-only parameters gone.
+    assert target.dsn == url.replace("postgresql+asyncpg://", "postgresql://").replace(
+        "?prepared_statement_cache_size=0", ""
+    )
 
 
 def test_statement_cache_setting_overrides_the_host_guess() -> None:

@@ -7,17 +7,14 @@ import socket
 
 import httpx
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import Headers, bearer
+from tests.conftest import Database, Headers, bearer
 
 JSON = {"Content-Type": "application/json"}
 
 
-async def _count(engine: AsyncEngine) -> int:
-    async with engine.connect() as connection:
-        return int((await connection.execute(text("SELECT count(*) FROM tasks"))).scalar_one())
+async def _count(db: Database) -> int:
+    return int((await db.fetch("SELECT count(*) FROM tasks"))[0][0])
 
 
 @pytest.mark.parametrize(
@@ -41,12 +38,12 @@ async def _count(engine: AsyncEngine) -> int:
     ],
 )
 async def test_hostile_body_is_a_clean_4xx(
-    client: httpx.AsyncClient, engine: AsyncEngine, alice: Headers, name: str, raw: bytes
+    client: httpx.AsyncClient, db: Database, alice: Headers, name: str, raw: bytes
 ) -> None:
     response = await client.post("/api/alice/tasks", headers={**alice, **JSON}, content=raw)
     assert 400 <= response.status_code < 500, (name, response.status_code, response.text)
     assert response.json()["code"] == "validation_error"
-    assert await _count(engine) == 0
+    assert await _count(db) == 0
 
 
 async def test_utf8_byte_order_mark_is_tolerated(client: httpx.AsyncClient, alice: Headers) -> None:

@@ -6,10 +6,8 @@ import re
 from datetime import datetime
 
 import httpx
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import Headers
+from tests.conftest import Database, Headers
 
 UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -46,17 +44,14 @@ async def test_create_returns_the_task_and_its_location(
 
 
 async def test_first_write_provisions_the_user_from_the_token(
-    client: httpx.AsyncClient, engine: AsyncEngine, alice: Headers
+    client: httpx.AsyncClient, db: Database, alice: Headers
 ) -> None:
     await client.get("/api/alice/tasks", headers=alice)  # reads never provision
-    async with engine.connect() as connection:
-        before = (await connection.execute(text("SELECT count(*) FROM users"))).scalar_one()
+    before = await db.fetch("SELECT id FROM users")
     await _create(client, alice, title="first")
     await _create(client, alice, title="second")
-    async with engine.connect() as connection:
-        rows = (await connection.execute(text("SELECT id, email FROM users"))).all()
-    assert before == 0
-    assert [tuple(row) for row in rows] == [("alice", "alice@example.com")]
+    assert before == []
+    assert await db.fetch("SELECT id, email FROM users") == [("alice", "alice@example.com")]
 
 
 async def test_read_update_toggle_delete(client: httpx.AsyncClient, alice: Headers) -> None:

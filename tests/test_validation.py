@@ -6,10 +6,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import Headers
+from tests.conftest import Database, Headers
 
 MAX = 2**63 - 1
 
@@ -21,10 +19,8 @@ async def existing(client: httpx.AsyncClient, alice: Headers) -> dict[str, objec
     return task
 
 
-async def _task_rows(engine: AsyncEngine) -> list[tuple[object, ...]]:
-    async with engine.connect() as connection:
-        result = await connection.execute(text("SELECT * FROM tasks ORDER BY id"))
-        return [tuple(row) for row in result]
+async def _task_rows(db: Database) -> list[tuple[object, ...]]:
+    return await db.fetch("SELECT * FROM tasks ORDER BY id")
 
 
 BAD_BODIES = {
@@ -49,9 +45,9 @@ BAD_BODIES = {
 
 @pytest.mark.parametrize("body", BAD_BODIES.values(), ids=BAD_BODIES.keys())
 async def test_bad_create_body_is_422_and_writes_nothing(
-    client: httpx.AsyncClient, engine: AsyncEngine, alice: Headers, existing: object, body: object
+    client: httpx.AsyncClient, db: Database, alice: Headers, existing: object, body: object
 ) -> None:
-    before = await _task_rows(engine)
+    before = await _task_rows(db)
     response = await client.post("/api/alice/tasks", headers=alice, json=body)
 
     assert response.status_code == 422
@@ -60,7 +56,7 @@ async def test_bad_create_body_is_422_and_writes_nothing(
     assert error["detail"].startswith("Invalid request: ")
     assert error["errors"]
     assert all({"loc", "msg", "type"} == set(e) for e in error["errors"])
-    assert await _task_rows(engine) == before
+    assert await _task_rows(db) == before
 
 
 BAD_UPDATES = {
@@ -79,16 +75,16 @@ BAD_UPDATES = {
 @pytest.mark.parametrize("body", BAD_UPDATES.values(), ids=BAD_UPDATES.keys())
 async def test_bad_update_body_is_422_and_changes_nothing(
     client: httpx.AsyncClient,
-    engine: AsyncEngine,
+    db: Database,
     alice: Headers,
     existing: dict[str, object],
     body: object,
 ) -> None:
-    before = await _task_rows(engine)
+    before = await _task_rows(db)
     response = await client.put(f"/api/alice/tasks/{existing['id']}", headers=alice, json=body)
     assert response.status_code == 422
     assert response.json()["code"] == "validation_error"
-    assert await _task_rows(engine) == before
+    assert await _task_rows(db) == before
 
 
 @pytest.mark.parametrize("task_id", ["0", "-1", str(MAX + 1), "abc", "1.5", "1e3", "%20"])
@@ -119,7 +115,7 @@ async def test_bad_list_query_is_422(client: httpx.AsyncClient, alice: Headers, 
 
 
 async def test_body_over_64_kib_is_413(
-    client: httpx.AsyncClient, engine: AsyncEngine, alice: Headers
+    client: httpx.AsyncClient, db: Database, alice: Headers
 ) -> None:
     padded = b'{"title": "big", "description": "' + b"d" * (64 * 1024) + b'"}'
     response = await client.post(
@@ -130,11 +126,11 @@ async def test_body_over_64_kib_is_413(
         "detail": "The request body is larger than 65536 bytes.",
         "code": "payload_too_large",
     }
-    assert await _task_rows(engine) == []
+    assert await _task_rows(db) == []
 
 
 async def test_chunked_body_over_64_kib_is_413(
-    client: httpx.AsyncClient, engine: AsyncEngine, alice: Headers
+    client: httpx.AsyncClient, db: Database, alice: Headers
 ) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         yield b'{"title": "big", "description": "'
@@ -147,7 +143,7 @@ async def test_chunked_body_over_64_kib_is_413(
     )
     assert response.status_code == 413
     assert response.json()["code"] == "payload_too_large"
-    assert await _task_rows(engine) == []
+    assert await _task_rows(db) == []
 
 
 @pytest.mark.parametrize(
@@ -155,7 +151,7 @@ async def test_chunked_body_over_64_kib_is_413(
     ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""],
 )
 async def test_non_json_body_is_415(
-    client: httpx.AsyncClient, engine: AsyncEngine, alice: Headers, content_type: str
+    client: httpx.AsyncClient, db: Database, alice: Headers, content_type: str
 ) -> None:
     headers = {**alice, "Content-Type": content_type}
     response = await client.post("/api/alice/tasks", headers=headers, content=b'{"title": "x"}')
@@ -164,7 +160,7 @@ async def test_non_json_body_is_415(
         "detail": "The request body must be application/json.",
         "code": "unsupported_media_type",
     }
-    assert await _task_rows(engine) == []
+    assert await _task_rows(db) == []
 
 
 async def test_json_with_charset_and_vendor_types_are_accepted(
@@ -181,14 +177,14 @@ async def test_json_with_charset_and_vendor_types_are_accepted(
 
 @pytest.mark.parametrize("raw", [b"{", b'{"title": "x",}', b"\xff\xfe", b"nul"])
 async def test_malformed_json_is_422(
-    client: httpx.AsyncClient, engine: AsyncEngine, alice: Headers, raw: bytes
+    client: httpx.AsyncClient, db: Database, alice: Headers, raw: bytes
 ) -> None:
     response = await client.post(
         "/api/alice/tasks", headers={**alice, "Content-Type": "application/json"}, content=raw
     )
     assert response.status_code == 422
     assert response.json()["code"] == "validation_error"
-    assert await _task_rows(engine) == []
+    assert await _task_rows(db) == []
 
 
 async def test_unknown_route_and_method_use_the_error_shape(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request
-from sqlalchemy import text
 
 from backend.errors import DatabaseUnavailable
 from backend.responses import JsonResponse
@@ -28,8 +27,7 @@ async def healthz() -> JsonResponse:
 async def readyz(request: Request) -> JsonResponse:
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-            async with request.app.state.engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
+            await request.app.state.database.pool.fetchval("SELECT 1")
     except Exception as exc:
         raise DatabaseUnavailable(f"Database check failed: {type(exc).__name__}.") from exc
     return JsonResponse({"status": "ready"})

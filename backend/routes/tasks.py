@@ -6,13 +6,16 @@ missing one (404) and ownership never costs a second query.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from functools import lru_cache
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import APIRouter, Query, Request, Response, status
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import RowMapping
 
+from backend.db import Sql
 from backend.deps import ConnectionDep, OwnerDep, TaskId
 from backend.errors import TaskNotFound
 from backend.models import (
@@ -59,8 +62,8 @@ _BODY_ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=_AUTH_ERRORS)
 
 
-# The statements, built once: per request only the parameters change, so SQLAlchemy neither
-# rebuilds the expression nor recomputes its cache key. Each is scoped by the owner's id.
+# The statements: SQLAlchemy Core over the SQLModel tables, compiled once to asyncpg SQL. Each is
+# scoped by the owner's id; per request only the parameters change.
 _OWNED = (tasks.c.id == bindparam("task_id")) & (tasks.c.user_id == bindparam("owner_id"))
 _PAGE = (
     select(*_COLUMNS)
@@ -69,8 +72,8 @@ _PAGE = (
     .limit(bindparam("rows"))
 )
 _PAGE_BY_STATE = _PAGE.where(tasks.c.completed == bindparam("state"))
-_READ = select(*_COLUMNS).where(_OWNED)
-_CREATE = (
+_READ = Sql.of(select(*_COLUMNS).where(_OWNED))
+_CREATE = Sql.of(
     insert(tasks)
     .values(
         user_id=bindparam("owner_id"),
@@ -88,16 +91,30 @@ _CREATE = (
         .cte("provision_user")
     )
 )
-_TOGGLE = (
+_TOGGLE = Sql.of(
     update(tasks)
     .where(_OWNED)
     .values(completed=~tasks.c.completed, updated_at=func.now())
     .returning(*_COLUMNS)
 )
-_DELETE = delete(tasks).where(_OWNED).returning(tasks.c.id)
+_DELETE = Sql.of(delete(tasks).where(_OWNED).returning(tasks.c.id))
+_PAGES = {None: Sql.of(_PAGE), True: Sql.of(_PAGE_BY_STATE), False: Sql.of(_PAGE_BY_STATE)}
 
 
-def _task(row: RowMapping | None, task_id: int) -> JsonResponse:
+@lru_cache(maxsize=8)
+def _update(fields: tuple[str, ...]) -> Sql:
+    """PUT changes only the fields sent: one statement per combination, compiled on first use."""
+    changes: dict[str, Any] = {field: bindparam(f"set_{field}") for field in fields}
+    return Sql.of(
+        update(tasks).where(_OWNED).values(**changes, updated_at=func.now()).returning(*_COLUMNS)
+    )
+
+
+async def _one(connection: asyncpg.Connection, sql: Sql, parameters: dict[str, Any]) -> Any:
+    return await connection.fetchrow(sql.sql, *sql.args(parameters))
+
+
+def _task(row: Mapping[str, Any] | None, task_id: int) -> JsonResponse:
     if row is None:
         raise TaskNotFound(task_id)
     return JsonResponse(dict(row))
@@ -118,15 +135,10 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = MAX_PAGE,
     after_id: Annotated[int, Query(ge=0, le=MAX_ID, description="Start after this id.")] = 0,
 ) -> Response:
-    statement = _PAGE if completed is None else _PAGE_BY_STATE
+    page = _PAGES[completed]
     # One extra row tells whether another page exists.
-    parameters = {
-        "owner_id": user.id,
-        "after_id": after_id,
-        "rows": limit + 1,
-        "state": completed,
-    }
-    rows = (await connection.execute(statement, parameters)).mappings().all()
+    parameters = {"owner_id": user.id, "after_id": after_id, "rows": limit + 1, "state": completed}
+    rows = await connection.fetch(page.sql, *page.args(parameters))
 
     headers = {}
     if len(rows) > limit:
@@ -148,7 +160,7 @@ async def create_task(
 ) -> Response:
     parameters = {"owner_id": user.id, "owner_email": user.email, "owner_name": user.name}
     parameters |= {"new_title": body.title, "new_description": body.description}
-    row = (await connection.execute(_CREATE, parameters)).mappings().one()
+    row = await _one(connection, _CREATE, parameters)
     location = request.app.url_path_for("read_task", user_id=user.id, task_id=str(row["id"]))
     return JsonResponse(dict(row), status.HTTP_201_CREATED, {"Location": location})
 
@@ -156,7 +168,7 @@ async def create_task(
 @router.get("/{task_id}", response_model=TaskOut, summary="Read a task", responses=_TASK_ERRORS)
 async def read_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep) -> Response:
     parameters = {"task_id": task_id, "owner_id": user.id}
-    return _task((await connection.execute(_READ, parameters)).mappings().one_or_none(), task_id)
+    return _task(await _one(connection, _READ, parameters), task_id)
 
 
 @router.put(
@@ -169,17 +181,10 @@ async def read_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep) 
 async def update_task(
     task_id: TaskId, body: UpdateTask, user: OwnerDep, connection: ConnectionDep
 ) -> Response:
-    # Built per request: which columns change depends on the body.
-    statement = (
-        update(tasks)
-        .where(_OWNED)
-        .values(**body.model_dump(exclude_unset=True), updated_at=func.now())
-        .returning(*_COLUMNS)
-    )
+    changes = body.model_dump(exclude_unset=True)
     parameters = {"task_id": task_id, "owner_id": user.id}
-    return _task(
-        (await connection.execute(statement, parameters)).mappings().one_or_none(), task_id
-    )
+    parameters |= {f"set_{field}": value for field, value in changes.items()}
+    return _task(await _one(connection, _update(tuple(sorted(changes))), parameters), task_id)
 
 
 @router.delete(
@@ -191,7 +196,7 @@ async def update_task(
 )
 async def delete_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep) -> Response:
     parameters = {"task_id": task_id, "owner_id": user.id}
-    if (await connection.execute(_DELETE, parameters)).scalar_one_or_none() is None:
+    if await _one(connection, _DELETE, parameters) is None:
         raise TaskNotFound(task_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -205,4 +210,4 @@ async def delete_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep
 )
 async def toggle_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep) -> Response:
     parameters = {"task_id": task_id, "owner_id": user.id}
-    return _task((await connection.execute(_TOGGLE, parameters)).mappings().one_or_none(), task_id)
+    return _task(await _one(connection, _TOGGLE, parameters), task_id)
