@@ -110,6 +110,7 @@ class Database:
             command_timeout=settings.db_command_timeout_seconds,
             timeout=settings.db_connect_timeout_seconds,
             server_settings={"application_name": "todo-api"},
+            reset=_keep_session,
             **target.connect_args,
         )
         return cls(pool, settings, transactions=not target.statement_cache)
@@ -140,6 +141,12 @@ class Database:
         await self.pool.release(connection)
 
 
+async def _keep_session(_: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release (a round trip per request): requests never change
+    session state (no SET, LISTEN, advisory locks or cursors), and asyncpg still rolls back a
+    transaction left open before this is called."""
+
+
 _DIALECT = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
 
 
@@ -149,15 +156,19 @@ class Sql:
 
     sql: str
     names: tuple[str, ...]
+    literals: Mapping[str, object]  # values fixed in the statement itself, e.g. `.limit(1000)`
 
     @classmethod
     def of(cls, statement: ClauseElement) -> Sql:
         compiled = statement.compile(dialect=_DIALECT)
         assert isinstance(compiled, SQLCompiler)  # asyncpg's paramstyle is positional ($n)
-        return cls(str(compiled), tuple(compiled.positiontup or ()))
+        literals = {k: v for k, v in compiled.params.items() if v is not None}
+        return cls(str(compiled), tuple(compiled.positiontup or ()), literals)
 
     def args(self, parameters: Mapping[str, object]) -> list[object]:
-        return [parameters[name] for name in self.names]
+        return [
+            parameters[name] if name in parameters else self.literals[name] for name in self.names
+        ]
 
 
 # asyncpg's ways of saying "the server is not serving us now" (as opposed to "your SQL failed").
@@ -169,7 +180,7 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
-    asyncpg.InterfaceError,  # "connection is closed"
+    asyncpg.ConnectionDoesNotExistError,  # "connection was closed in the middle of operation"
 )
 
 
@@ -180,6 +191,9 @@ def is_database_outage(exc: BaseException) -> bool:
         if seen is None:
             break
         if isinstance(seen, _OUTAGE_ERRORS):
+            return True
+        # asyncpg's other InterfaceErrors are misuse (wrong argument count...): bugs, not outages.
+        if isinstance(seen, asyncpg.InterfaceError) and "connection is closed" in str(seen):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

@@ -128,11 +128,17 @@ async def toggle(request: Request) -> Response:
     return _json(dict(row)) if row else _error(404, "task_not_found")
 
 
+async def _keep_session(_: asyncpg.Connection) -> None:
+    """No reset query on release: the same saving the API takes."""
+
+
 @asynccontextmanager
 async def lifespan(_: Starlette) -> AsyncIterator[None]:
     global POOL
     size = int(os.environ.get("DB_POOL_SIZE", "10"))
-    POOL = await asyncpg.create_pool(os.environ["DATABASE_URL"], min_size=size, max_size=size)
+    POOL = await asyncpg.create_pool(
+        os.environ["DATABASE_URL"], min_size=size, max_size=size, reset=_keep_session
+    )
     try:
         yield
     finally:

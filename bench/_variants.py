@@ -32,7 +32,9 @@ def pydantic_app() -> FastAPI:
 
     @router.get("/api/{user_id}/tasks", response_model=list[TaskOut])
     async def list_tasks(user: OwnerDep, connection: ConnectionDep) -> Any:
-        return [dict(row) for row in await connection.fetch(_LIST.sql, user.id)]
+        return [
+            dict(row) for row in await connection.fetch(_LIST.sql, *_LIST.args({"owner": user.id}))
+        ]
 
     @router.get("/api/{user_id}/tasks/{task_id}", response_model=TaskOut)
     async def read_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep) -> Any:

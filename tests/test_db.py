@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
+from sqlalchemy import bindparam, select
 
-from backend.db import normalise_url
+from backend.db import Sql, is_database_outage, normalise_url
+from backend.models import tasks
 
 NEON_POOLED = (
     "postgresql://alex:pw@ep-cool-darkness-123456-pooler.eu-central-1.aws.neon.tech/neondb"
@@ -75,3 +78,35 @@ def test_statement_cache_setting_overrides_the_host_guess() -> None:
 def test_unsupported_urls_are_refused(raw: str) -> None:
     with pytest.raises(ValueError, match="DATABASE_URL"):
         normalise_url(raw)
+
+
+def test_compiled_statements_keep_their_literal_values() -> None:
+    statement = (
+        select(tasks.c.id).where(tasks.c.user_id == bindparam("owner")).order_by(tasks.c.id)
+    ).limit(1000)
+    sql = Sql.of(statement)
+    assert "$1" in sql.sql
+    assert "$2" in sql.sql
+    assert sql.args({"owner": "u1"}) == ["u1", 1000]
+    with pytest.raises(KeyError):
+        sql.args({})
+
+
+@pytest.mark.parametrize(
+    ("error", "outage"),
+    [
+        (ConnectionRefusedError(), True),
+        (TimeoutError(), True),
+        (asyncpg.CannotConnectNowError("starting up"), True),
+        (asyncpg.ConnectionDoesNotExistError("closed mid-operation"), True),
+        (asyncpg.InterfaceError("connection is closed"), True),
+        (
+            asyncpg.InterfaceError("the server expects 2 arguments for this query, 1 was passed"),
+            False,
+        ),
+        (asyncpg.UniqueViolationError("duplicate key"), False),
+        (ValueError("bug"), False),
+    ],
+)
+def test_outage_or_bug(error: BaseException, outage: bool) -> None:
+    assert is_database_outage(error) is outage
