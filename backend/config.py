@@ -42,8 +42,6 @@ class DatabaseSettings(BaseSettings):
     data_dir: Path = Path(".data")
 
     db_pool_size: int = Field(default=10, ge=1, le=1000)
-    # Overflow connections are opened and closed per burst: churn under steady load. Off.
-    db_max_overflow: int = Field(default=0, ge=0, le=1000)
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
     # How long a request keeps retrying to reach an unreachable database before its 503.
     db_connect_budget_seconds: float = Field(default=5.0, ge=0)
