@@ -63,6 +63,11 @@ def _seed_tasks(live_server: str, session: requests.Session, database_url: str) 
     empty_tables(database_url)
 
 
+_FRAMING_HEADERS = frozenset(
+    {"transfer-encoding", "content-length", "connection", "host", "upgrade"}
+)
+
+
 def _mostly_own_user(generated: str) -> str:
     """Nine generated user ids in ten become the token's user, so cases get past the 403."""
     return generated if zlib.crc32(generated.encode()) % 10 == 0 else USERS[0]
@@ -79,6 +84,11 @@ def test_api_conforms_to_its_openapi(
 ) -> None:
     if case.path_parameters and "user_id" in case.path_parameters:
         case.path_parameters["user_id"] = _mostly_own_user(case.path_parameters["user_id"])
+    for name in list(case.headers or {}):
+        # Framing headers test the HTTP server, not this API: a garbage Transfer-Encoding gets
+        # uvicorn's own 400 before any of our code runs (found by `make fuzz`).
+        if name.lower() in _FRAMING_HEADERS:
+            del case.headers[name]
     case.call_and_validate(
         base_url=live_server, session=session, headers=bearer(USERS[0]), checks=_CHECKS
     )
