@@ -82,13 +82,20 @@ async def tasks(request: Request) -> Response:
     return _json(dict(row), 201, {"Location": f"{request.url.path}/{row['id']}"})
 
 
-async def task(request: Request) -> Response:
+def _owned_task(request: Request) -> tuple[str, int] | Response:
+    """The caller and the path's task id, or the 401/403/422 to answer instead."""
     owner = _owner(request)
     if isinstance(owner, Response):
         return owner
     task_id = _task_id(request)
-    if task_id is None:
-        return _error(422, "validation_error")
+    return _error(422, "validation_error") if task_id is None else (owner, task_id)
+
+
+async def task(request: Request) -> Response:
+    owned = _owned_task(request)
+    if isinstance(owned, Response):
+        return owned
+    owner, task_id = owned
     assert POOL is not None
     if request.method == "GET":
         row = await POOL.fetchrow(
@@ -112,12 +119,10 @@ async def task(request: Request) -> Response:
 
 
 async def toggle(request: Request) -> Response:
-    owner = _owner(request)
-    if isinstance(owner, Response):
-        return owner
-    task_id = _task_id(request)
-    if task_id is None:
-        return _error(422, "validation_error")
+    owned = _owned_task(request)
+    if isinstance(owned, Response):
+        return owned
+    owner, task_id = owned
     assert POOL is not None
     row = await POOL.fetchrow(
         "UPDATE tasks SET completed = NOT completed, updated_at = now() "
