@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,10 @@ class SigningKey:
 
     def sign(self, claims: dict[str, Any] | None = None, **header: Any) -> str:
         now = int(time.time())
-        payload = {"sub": "ba-user", "iat": now, "exp": now + 900, **(claims or {})}
+        # A unique jti, so two tokens signed in the same second still differ (as in real life)
+        # and each one exercises the key lookup rather than the verified-token cache.
+        payload = {"sub": "ba-user", "iat": now, "exp": now + 900, "jti": uuid.uuid4().hex}
+        payload.update(claims or {})
         return jwt.encode(
             {k: v for k, v in payload.items() if v is not None},
             self.private,

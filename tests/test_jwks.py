@@ -101,6 +101,22 @@ async def test_rotation_old_and_new_valid_during_overlap_then_old_removed(
         await verifier.verify(old.sign())
 
 
+async def test_a_withdrawn_key_takes_its_cached_tokens_with_it(
+    jwks_server: JwksServer, make_cache: CacheFactory
+) -> None:
+    old, new = make_key("EdDSA", "old"), make_key("EdDSA", "new")
+    jwks_server.keys = [old, new]
+    cache = make_cache()
+    verifier = _verifier(cache)
+    token = old.sign()
+    assert (await verifier.verify(token)).id == "ba-user"  # now in the verified-token cache
+
+    jwks_server.keys = [new]
+    assert await cache.refresh()
+    with pytest.raises(TokenError, match="unknown key"):
+        await verifier.verify(token)
+
+
 async def test_unknown_kid_refetches_once_then_fails(
     jwks_server: JwksServer, make_cache: CacheFactory
 ) -> None:

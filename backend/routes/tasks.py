@@ -31,15 +31,7 @@ from backend.models import (
 from backend.responses import JsonResponse
 
 MAX_PAGE = 1000
-_COLUMNS = (
-    tasks.c.id,
-    tasks.c.user_id,
-    tasks.c.title,
-    tasks.c.description,
-    tasks.c.completed,
-    tasks.c.created_at,
-    tasks.c.updated_at,
-)
+_COLUMNS = tuple(tasks.c[name] for name in TaskOut.model_fields)  # what a response holds
 
 
 def _error(description: str, model: type = ErrorOut) -> dict[str, Any]:
@@ -71,7 +63,6 @@ _PAGE = (
     .order_by(tasks.c.id)
     .limit(bindparam("rows"))
 )
-_PAGE_BY_STATE = _PAGE.where(tasks.c.completed == bindparam("state"))
 _READ = Sql.of(select(*_COLUMNS).where(_OWNED))
 _CREATE = Sql.of(
     insert(tasks)
@@ -98,7 +89,8 @@ _TOGGLE = Sql.of(
     .returning(*_COLUMNS)
 )
 _DELETE = Sql.of(delete(tasks).where(_OWNED).returning(tasks.c.id))
-_PAGES = {None: Sql.of(_PAGE), True: Sql.of(_PAGE_BY_STATE), False: Sql.of(_PAGE_BY_STATE)}
+_PAGE_BY_STATE = Sql.of(_PAGE.where(tasks.c.completed == bindparam("state")))
+_PAGES = {None: Sql.of(_PAGE), True: _PAGE_BY_STATE, False: _PAGE_BY_STATE}
 
 
 @lru_cache(maxsize=8)
