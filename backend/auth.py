@@ -27,7 +27,16 @@ logger = logging.getLogger("backend.auth")
 MAX_TOKEN_BYTES = 8192
 MAX_KID_LENGTH = 256
 MAX_JWKS_BYTES = 1 << 20
-_ASYMMETRIC_KEY_TYPES = frozenset({"OKP", "EC", "RSA"})
+# The key each algorithm verifies with (RFC 7518 3.1, RFC 8037): key type, and curves where the
+# type has several. A JWK need not state its "alg", so a token must not pair one with another.
+_KEY_FOR_ALGORITHM: dict[str, tuple[str, frozenset[str] | None]] = {
+    "EdDSA": ("OKP", None),  # PyJWT parses only Ed25519/Ed448 OKP keys
+    "ES256": ("EC", frozenset({"P-256"})),
+    "ES384": ("EC", frozenset({"P-384"})),
+    "ES512": ("EC", frozenset({"P-521"})),
+    **{f"{family}{bits}": ("RSA", None) for family in ("RS", "PS") for bits in (256, 384, 512)},
+}
+_ASYMMETRIC_KEY_TYPES = frozenset(kty for kty, _ in _KEY_FOR_ALGORITHM.values())
 
 
 class TokenError(Exception):
@@ -51,6 +60,15 @@ class AuthUser:
 class _Key:
     jwk: PyJWK
     declared_algorithm: str | None  # the JWK's own "alg", when it states one
+    key_type: str  # "kty"
+    curve: str | None  # "crv", for EC and OKP keys
+
+    def fits(self, algorithm: str) -> bool:
+        """Whether a token signed with `algorithm` may be checked with this key at all."""
+        if self.declared_algorithm not in (None, algorithm):
+            return False
+        key_type, curves = _KEY_FOR_ALGORITHM[algorithm]
+        return self.key_type == key_type and (curves is None or self.curve in curves)
 
 
 class JwksCache:
@@ -170,9 +188,14 @@ class JwksCache:
         ]
         if not usable:
             return {}
-        declared = {item["kid"]: item.get("alg") for item in usable}
+        published = {item["kid"]: item for item in usable}
         return {
-            jwk.key_id: _Key(jwk, declared[jwk.key_id])
+            jwk.key_id: _Key(
+                jwk,
+                published[jwk.key_id].get("alg"),
+                published[jwk.key_id]["kty"],
+                published[jwk.key_id].get("crv"),
+            )
             for jwk in PyJWKSet(usable).keys
             if jwk.key_id is not None
         }
@@ -304,6 +327,11 @@ class TokenVerifier:
             raise TokenError(f"Token lacks the {exc.claim!r} claim.") from exc
         except jwt.PyJWTError as exc:
             raise TokenError("Token signature or claims are invalid.") from exc
+        except Exception as exc:
+            # Whatever PyJWT did not foresee (a key it cannot use for this algorithm...) is still
+            # a token we cannot trust: 401, never a 500. Logged, since it may hide a bug of ours.
+            logger.warning("token verification failed unexpectedly", exc_info=exc)
+            raise TokenError("Token signature or claims are invalid.") from exc
         return _user_from(claims), float(claims["exp"])
 
     async def _key_for(self, algorithm: str, kid: object) -> Any:
@@ -314,18 +342,28 @@ class TokenVerifier:
         if not isinstance(kid, str) or not 0 < len(kid) <= MAX_KID_LENGTH:
             raise TokenError("Token header has no usable 'kid'.")
         key = await self._jwks.key_for(kid)
-        if key.declared_algorithm not in (None, algorithm):
-            raise TokenError(f"Key {kid!r} is for {key.declared_algorithm}, not {algorithm}.")
+        if not key.fits(algorithm):
+            raise TokenError(f"Key {kid!r} cannot verify {algorithm} signatures.")
         return key.jwk.key
 
 
 def _user_from(claims: dict[str, Any]) -> AuthUser:
     subject = claims.get("sub")
-    if not isinstance(subject, str) or not 0 < len(subject) <= USER_ID_MAX:
+    if (
+        not isinstance(subject, str)
+        or not 0 < len(subject) <= USER_ID_MAX
+        or _storable(subject) != subject
+    ):
         raise TokenError("Token 'sub' is not a usable user id.")
     email, name = claims.get("email"), claims.get("name")
     return AuthUser(
         id=subject,
-        email=email if isinstance(email, str) else None,
-        name=name if isinstance(name, str) else None,
+        email=_storable(email) if isinstance(email, str) else None,
+        name=_storable(name) if isinstance(name, str) else None,
     )
+
+
+def _storable(text: str) -> str:
+    """`text` as PostgreSQL can store it: no NUL (text cannot hold one), lone surrogates (which
+    JSON allows and UTF-8 cannot encode) replaced. Better Auth's `name` is whatever users type."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")

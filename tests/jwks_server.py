@@ -39,20 +39,22 @@ class SigningKey:
         )
 
 
-def make_key(alg: str, kid: str) -> SigningKey:
+def make_key(alg: str, kid: str, *, publish_alg: bool = True) -> SigningKey:
+    """A fresh key pair. `publish_alg=False` leaves "alg" out of the JWK, as RFC 7517 allows."""
     private: Any
     if alg == "EdDSA":
         private = ed25519.Ed25519PrivateKey.generate()
         jwk = OKPAlgorithm.to_jwk(private.public_key(), as_dict=True)
-    elif alg == "ES256":
-        private = ec.generate_private_key(ec.SECP256R1())
+    elif alg in {"ES256", "ES384"}:
+        private = ec.generate_private_key(ec.SECP256R1() if alg == "ES256" else ec.SECP384R1())
         jwk = ECAlgorithm.to_jwk(private.public_key(), as_dict=True)
     elif alg in {"RS256", "PS256"}:
         private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         jwk = RSAAlgorithm.to_jwk(private.public_key(), as_dict=True)
     else:
         raise ValueError(alg)
-    return SigningKey(kid, alg, private, {**jwk, "kid": kid, "alg": alg})
+    published = {**jwk, "kid": kid, "alg": alg} if publish_alg else {**jwk, "kid": kid}
+    return SigningKey(kid, alg, private, published)
 
 
 @dataclass

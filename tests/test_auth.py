@@ -10,12 +10,17 @@ import httpx
 import jwt
 import pytest
 
-from backend.auth import MAX_TOKEN_BYTES, AuthUser, TokenError, TokenVerifier, VerifiedTokens
-from backend.config import Settings
+from backend.auth import (
+    _KEY_FOR_ALGORITHM,
+    MAX_TOKEN_BYTES,
+    AuthUser,
+    TokenError,
+    TokenVerifier,
+    VerifiedTokens,
+)
+from backend.config import ASYMMETRIC_ALGORITHMS, Settings
 from backend.main import create_app
-from tests.conftest import SECRET, bearer, make_token
-
-NOW = int(time.time())
+from tests.conftest import SECRET, Database, bearer, make_token
 
 
 def _b64(data: bytes) -> str:
@@ -32,36 +37,78 @@ def _with_header(header: bytes) -> str:
     return f"{_b64(header)}.{payload}.{signature}"
 
 
-def _tampered() -> str:
+def _tampered(now: int) -> str:
     header, _, signature = make_token("alice").split(".")
-    payload = _b64(f'{{"sub":"bob","exp":{NOW + 900}}}'.encode())
+    payload = _b64(f'{{"sub":"bob","exp":{now + 900}}}'.encode())
     return f"{header}.{payload}.{signature}"
 
 
-BAD_AUTHORIZATION = {
-    "missing header": None,
-    "empty header": "",
-    "wrong scheme": f"Basic {make_token('alice')}",
-    "scheme only": "Bearer",
-    "garbage": "Bearer not-a-jwt",
-    "two segments": "Bearer abc.def",
-    "bad signature": f"Bearer {make_token('alice', secret='another-secret-' + 'y' * 60)}",
-    "tampered payload": f"Bearer {_tampered()}",
-    "expired": f"Bearer {make_token('alice', iat=NOW - 3600, exp=NOW - 60)}",
-    "not yet valid": f"Bearer {make_token('alice', nbf=NOW + 3600)}",
-    "issued in the future": f"Bearer {make_token('alice', iat=NOW + 3600)}",
-    "alg none": "Bearer " + _unsigned(f'{{"sub":"alice","exp":{NOW + 900}}}'),
-    "alg HS512 not allowed": f"Bearer {make_token('alice', algorithm='HS512')}",
-    "missing sub": f"Bearer {make_token(None)}",
-    "empty sub": f"Bearer {make_token('')}",
-    "numeric sub": "Bearer " + jwt.encode({"sub": 42, "exp": NOW + 900}, SECRET, algorithm="HS256"),
-    "missing exp": f"Bearer {make_token('alice', exp=None)}",
-    "asymmetric alg without JWKS": "Bearer " + _with_header(b'{"alg":"RS256","kid":"k1"}'),
-    "oversized": f"Bearer {'a' * (MAX_TOKEN_BYTES + 1)}",
-}
+MISSING = ("token_missing", "Missing bearer token in the Authorization header.")
+MALFORMED = ("invalid_token", "Token is malformed.")
+FORGED = ("invalid_token", "Token signature or claims are invalid.")
+UNUSABLE_SUB = ("invalid_token", "Token 'sub' is not a usable user id.")
+NOT_YET = ("token_not_yet_valid", "Token is not valid yet.")
 
 
-@pytest.mark.parametrize("authorization", BAD_AUTHORIZATION.values(), ids=BAD_AUTHORIZATION.keys())
+def _bad_authorizations(now: int) -> dict[str, tuple[str | None, tuple[str, str]]]:
+    """Each way a token can be wrong: the Authorization header, and the (code, detail) it earns.
+
+    Built when the test runs, so "in the future" and "expired" are relative to that moment."""
+    other_secret = "another-secret-" + "y" * 60
+    return {
+        "missing header": (None, MISSING),
+        "empty header": ("", MISSING),
+        "wrong scheme": (f"Basic {make_token('alice')}", MISSING),
+        "scheme only": ("Bearer", MISSING),
+        "garbage": ("Bearer not-a-jwt", MALFORMED),
+        "two segments": ("Bearer abc.def", MALFORMED),
+        "bad signature": (f"Bearer {make_token('alice', secret=other_secret)}", FORGED),
+        "tampered payload": (f"Bearer {_tampered(now)}", FORGED),
+        "expired": (
+            f"Bearer {make_token('alice', iat=now - 3600, exp=now - 60)}",
+            ("token_expired", "Token has expired."),
+        ),
+        "not yet valid": (f"Bearer {make_token('alice', nbf=now + 3600)}", NOT_YET),
+        "issued in the future": (f"Bearer {make_token('alice', iat=now + 3600)}", NOT_YET),
+        "alg none": (
+            "Bearer " + _unsigned(f'{{"sub":"alice","exp":{now + 900}}}'),
+            ("invalid_token", "Token algorithm 'none' is not accepted."),
+        ),
+        "alg HS512 not allowed": (
+            f"Bearer {make_token('alice', algorithm='HS512')}",
+            ("invalid_token", "Token algorithm 'HS512' is not accepted."),
+        ),
+        "asymmetric alg not allowed": (
+            "Bearer " + _with_header(b'{"alg":"RS256","kid":"k1"}'),
+            ("invalid_token", "Token algorithm 'RS256' is not accepted."),
+        ),
+        "missing sub": (
+            f"Bearer {make_token(None)}",
+            ("invalid_token", "Token lacks the 'sub' claim."),
+        ),
+        "empty sub": (f"Bearer {make_token('')}", UNUSABLE_SUB),
+        "numeric sub": (
+            "Bearer " + jwt.encode({"sub": 42, "exp": now + 900}, SECRET, algorithm="HS256"),
+            FORGED,
+        ),
+        "sub with NUL": ("Bearer " + make_token("ali\x00ce"), UNUSABLE_SUB),
+        "sub with lone surrogate": ("Bearer " + make_token("ali\ud800ce"), UNUSABLE_SUB),
+        "sub over 255 characters": (f"Bearer {make_token('a' * 256)}", UNUSABLE_SUB),
+        "missing exp": (
+            f"Bearer {make_token('alice', exp=None)}",
+            ("invalid_token", "Token lacks the 'exp' claim."),
+        ),
+        "oversized": (
+            f"Bearer {'a' * (MAX_TOKEN_BYTES + 1)}",
+            ("invalid_token", "Token is too large."),
+        ),
+    }
+
+
+BAD_TOKEN_CASES = list(_bad_authorizations(0))
+
+
+@pytest.mark.parametrize("case", BAD_TOKEN_CASES)
 @pytest.mark.parametrize(
     ("method", "path"),
     [
@@ -74,22 +121,16 @@ BAD_AUTHORIZATION = {
     ],
 )
 async def test_untrusted_token_is_401_on_every_endpoint(
-    client: httpx.AsyncClient, authorization: str | None, method: str, path: str
+    client: httpx.AsyncClient, case: str, method: str, path: str
 ) -> None:
+    authorization, (code, detail) = _bad_authorizations(int(time.time()))[case]
     headers = {} if authorization is None else {"Authorization": authorization}
     body = {"title": "x"} if method in {"POST", "PUT"} else None
     response = await client.request(method, path, headers=headers, json=body)
 
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == "Bearer"
-    error = response.json()
-    assert set(error) == {"detail", "code"}
-    assert error["code"] in {
-        "token_missing",
-        "invalid_token",
-        "token_expired",
-        "token_not_yet_valid",
-    }
+    assert response.json() == {"detail": detail, "code": code}
 
 
 async def test_untrusted_token_writes_nothing(client: httpx.AsyncClient) -> None:
@@ -101,9 +142,10 @@ async def test_untrusted_token_writes_nothing(client: httpx.AsyncClient) -> None
 
 
 async def test_expired_and_missing_have_distinct_codes(client: httpx.AsyncClient) -> None:
+    now = int(time.time())
     missing = await client.get("/api/alice/tasks")
     expired = await client.get(
-        "/api/alice/tasks", headers=bearer("alice", iat=NOW - 3600, exp=NOW - 60)
+        "/api/alice/tasks", headers=bearer("alice", iat=now - 3600, exp=now - 60)
     )
     assert missing.json()["code"] == "token_missing"
     assert expired.json() == {"detail": "Token has expired.", "code": "token_expired"}
@@ -111,7 +153,8 @@ async def test_expired_and_missing_have_distinct_codes(client: httpx.AsyncClient
 
 async def test_small_clock_skew_is_tolerated(client: httpx.AsyncClient) -> None:
     # Issued 10 s "in the future" by a server whose clock runs ahead: within the 30 s leeway.
-    response = await client.get("/api/alice/tasks", headers=bearer("alice", iat=NOW + 10))
+    later = int(time.time()) + 10
+    response = await client.get("/api/alice/tasks", headers=bearer("alice", iat=later))
     assert response.status_code == 200
 
 
@@ -177,6 +220,28 @@ async def test_configured_issuer_is_enforced_over_http(settings: Settings) -> No
     assert wrong_issuer.status_code == wrong_audience.status_code == 401
     assert wrong_issuer.json()["detail"] == "Token issuer is not accepted."
     assert wrong_audience.json()["detail"] == "Token audience is not accepted."
+
+
+async def test_an_asymmetric_token_without_a_key_set_is_refused() -> None:
+    # Configuration never allows this pairing; the verifier refuses it on its own all the same.
+    verifier = _verifier(algorithms=["HS256", "RS256"])
+    token = _with_header(b'{"alg":"RS256","kid":"k1"}')
+    with pytest.raises(TokenError, match=r"^Token needs a JWKS key, and none is configured\.$"):
+        await verifier.verify(token)
+
+
+def test_every_asymmetric_algorithm_names_its_key_type() -> None:
+    assert set(_KEY_FOR_ALGORITHM) == ASYMMETRIC_ALGORITHMS
+
+
+async def test_claims_postgres_cannot_store_do_not_lock_the_user_out(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    # Better Auth's `name` is whatever the user typed; JSON can carry NUL and lone surrogates.
+    headers = bearer("mallory", name="Mal\x00lory \ud83d", email="mal\x00@example.com")
+    created = await client.post("/api/mallory/tasks", headers=headers, json={"title": "t"})
+    assert created.status_code == 201
+    assert await db.fetch("SELECT name, email FROM users") == [("Mallory ?", "mal@example.com")]
 
 
 def test_verified_tokens_never_outlive_exp_and_stay_bounded() -> None:

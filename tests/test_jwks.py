@@ -106,13 +106,17 @@ async def test_a_withdrawn_key_takes_its_cached_tokens_with_it(
 ) -> None:
     old, new = make_key("EdDSA", "old"), make_key("EdDSA", "new")
     jwks_server.keys = [old, new]
-    cache = make_cache()
+    cache = make_cache(ttl=0.2)
     verifier = _verifier(cache)
     token = old.sign()
     assert (await verifier.verify(token)).id == "ba-user"  # now in the verified-token cache
 
+    # The key is withdrawn; nothing but the same cached token keeps arriving.
     jwks_server.keys = [new]
-    assert await cache.refresh()
+    await asyncio.sleep(0.25)
+    assert (await verifier.verify(token)).id == "ba-user"  # a cache hit, and the keys are stale
+    await asyncio.sleep(0.15)  # ... so that hit started a refresh, which withdrew the key
+    assert cache.kids == {"new"}
     with pytest.raises(TokenError, match="unknown key"):
         await verifier.verify(token)
 
@@ -245,7 +249,14 @@ async def jwks_app(
     settings: Settings, jwks_server: JwksServer, clean_tables: None
 ) -> AsyncIterator[tuple[httpx.AsyncClient, SigningKey]]:
     key = make_key("EdDSA", "ba-key-1")
-    jwks_server.keys = [key, make_key("RS256", "ba-key-rsa")]
+    jwks_server.keys = [
+        key,
+        make_key("RS256", "ba-key-rsa"),
+        # Keys that do not state their "alg" (RFC 7517 makes it optional): the token's header
+        # is then the only word on the algorithm, and it must not pick one the key cannot do.
+        make_key("EdDSA", "okp-no-alg", publish_alg=False),
+        make_key("ES384", "p384-no-alg", publish_alg=False),
+    ]
     configured = Settings(
         _env_file=None,
         database_url=settings.database_url,
@@ -269,7 +280,18 @@ def _claims(server: JwksServer) -> dict[str, object]:
     return {"sub": "ba-user", "iss": server.base_url, "aud": server.base_url}
 
 
-def _attacks(key: SigningKey, server: JwksServer, attacker: JwksServer) -> dict[str, str]:
+FORGED = ("invalid_token", "Token signature or claims are invalid.")
+UNKNOWN_KEY = ("unknown_key", "Token is signed with an unknown key.")
+
+
+def _cannot(kid: str, alg: str) -> tuple[str, str]:
+    return ("invalid_token", f"Key {kid!r} cannot verify {alg} signatures.")
+
+
+def _attacks(
+    key: SigningKey, server: JwksServer, attacker: JwksServer
+) -> dict[str, tuple[str, tuple[str, str]]]:
+    """Each forged token, and the (code, detail) it must earn."""
     claims = _claims(server)
     genuine = key.sign(claims)
     header, _, signature = genuine.split(".")
@@ -283,18 +305,48 @@ def _attacks(key: SigningKey, server: JwksServer, attacker: JwksServer) -> dict[
     attacker_key = make_key("EdDSA", "attacker")
     attacker.keys = [attacker_key]
     return {
-        "tampered payload": f"{header}.{forged_payload}.{signature}",
-        "same kid, other key": impostor.sign(claims),
-        "HS256 with the public key as secret": hs_with_public,
-        "kid path traversal": make_key("EdDSA", "../../etc/passwd").sign(claims),
-        "kid SQL": make_key("EdDSA", "x' OR '1'='1").sign(claims),
-        "jku to attacker's JWKS": attacker_key.sign(claims, jku=attacker.url),
-        "x5u to attacker's keys": attacker_key.sign(claims, x5u=attacker.url),
-        "EdDSA kid, RS256 alg": _resign_header(genuine, {"alg": "RS256", "kid": "ba-key-1"}),
-        "alg none": _resign_header(genuine, {"alg": "none", "kid": key.kid})[: -len(signature)],
-        "wrong issuer": key.sign({**claims, "iss": "https://evil.example.com"}),
-        "wrong audience": key.sign({**claims, "aud": "https://evil.example.com"}),
-        "oversized": key.sign({**claims, "pad": "p" * 9000}),
+        "tampered payload": (f"{header}.{forged_payload}.{signature}", FORGED),
+        "same kid, other key": (impostor.sign(claims), FORGED),
+        "HS256 with the public key as secret": (hs_with_public, FORGED),
+        "kid path traversal": (make_key("EdDSA", "../../etc/passwd").sign(claims), UNKNOWN_KEY),
+        "kid SQL": (make_key("EdDSA", "x' OR '1'='1").sign(claims), UNKNOWN_KEY),
+        "jku to attacker's JWKS": (attacker_key.sign(claims, jku=attacker.url), UNKNOWN_KEY),
+        "x5u to attacker's keys": (attacker_key.sign(claims, x5u=attacker.url), UNKNOWN_KEY),
+        "EdDSA key, RS256 alg": (
+            _resign_header(genuine, {"alg": "RS256", "kid": "ba-key-1"}),
+            _cannot("ba-key-1", "RS256"),
+        ),
+        **{
+            f"OKP key without alg, {alg} alg": (
+                _resign_header(genuine, {"alg": alg, "kid": "okp-no-alg"}),
+                _cannot("okp-no-alg", alg),
+            )
+            for alg in ("RS256", "ES256", "PS256")
+        },
+        "P-384 key without alg, ES256 alg": (
+            _resign_header(genuine, {"alg": "ES256", "kid": "p384-no-alg"}),
+            _cannot("p384-no-alg", "ES256"),
+        ),
+        "RSA key, EdDSA alg": (
+            _resign_header(genuine, {"alg": "EdDSA", "kid": "ba-key-rsa"}),
+            _cannot("ba-key-rsa", "EdDSA"),
+        ),
+        "alg none": (
+            _resign_header(genuine, {"alg": "none", "kid": key.kid})[: -len(signature)],
+            ("invalid_token", "Token algorithm 'none' is not accepted."),
+        ),
+        "wrong issuer": (
+            key.sign({**claims, "iss": "https://evil.example.com"}),
+            ("invalid_token", "Token issuer is not accepted."),
+        ),
+        "wrong audience": (
+            key.sign({**claims, "aud": "https://evil.example.com"}),
+            ("invalid_token", "Token audience is not accepted."),
+        ),
+        "oversized": (
+            key.sign({**claims, "pad": "p" * 9000}),
+            ("invalid_token", "Token is too large."),
+        ),
     }
 
 
@@ -316,12 +368,16 @@ async def test_attack_matrix_is_401_each(
             headers={"Authorization": f"Bearer {key.sign(_claims(jwks_server))}"},
         )
         assert genuine.status_code == 200
-        for name, token in attacks.items():
+        answers = {}
+        for name, (token, _) in attacks.items():
             response = await client.get(
                 "/api/ba-user/tasks", headers={"Authorization": f"Bearer {token}"}
             )
             assert response.status_code == 401, name
             assert response.headers["WWW-Authenticate"] == "Bearer", name
+            body = response.json()
+            answers[name] = (body["code"], body["detail"])
+        assert answers == {name: expected for name, (_, expected) in attacks.items()}
         assert attacker.requests == 0  # jku / x5u are never followed
     finally:
         await attacker.stop()
