@@ -76,7 +76,8 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics, token: str | None) -> None:
         self.app = app
         self.metrics = metrics
-        self.token = token
+        # Compared as bytes: a header may hold any byte, and compare_digest refuses non-ASCII str.
+        self.expected_authorization = None if token is None else f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,9 +102,9 @@ class MetricsMiddleware:
             self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.token is not None:
-            authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-            if not hmac.compare_digest(authorization, f"Bearer {self.token}"):
+        if self.expected_authorization is not None:
+            authorization = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(authorization, self.expected_authorization):
                 response = error_response(
                     401,
                     "token_missing",

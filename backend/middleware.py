@@ -64,9 +64,9 @@ class RequestLimitsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        header_bytes = len(scope.get("raw_path") or b"") + sum(
-            len(name) + len(value) for name, value in scope["headers"]
-        )
+        # The whole request target counts, query string included, as in the request line.
+        target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        header_bytes = target + sum(len(name) + len(value) for name, value in scope["headers"])
         if header_bytes > self.max_header_bytes:
             response = error_response(
                 431,

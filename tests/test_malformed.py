@@ -134,6 +134,24 @@ async def test_ten_megabyte_header_is_refused_and_the_server_lives_on(live_serve
 
 
 @pytest.mark.usefixtures("clean_tables_sync")
+@pytest.mark.parametrize(
+    ("target", "status"),
+    [
+        ("/healthz?q=" + "a" * 30_000, 431),  # the query string is part of the request line
+        ("/" + "a" * 30_000, 431),
+        ("/healthz?q=" + "a" * 15_000, 200),  # under 16 KiB with the headers: served
+    ],
+    ids=["30 KB query string", "30 KB path", "15 KB query string"],
+)
+async def test_request_target_counts_toward_the_header_cap(
+    live_server: str, target: str, status: int
+) -> None:
+    request = f"GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
+    reply = await asyncio.to_thread(_raw_http, live_server, request)
+    assert reply.startswith(f"HTTP/1.1 {status} ".encode()), reply[:200]
+
+
+@pytest.mark.usefixtures("clean_tables_sync")
 async def test_garbage_transfer_encoding_is_refused_by_the_server(live_server: str) -> None:
     # Found by `make fuzz`: uvicorn answers 400 itself (not our JSON shape: no app code runs).
     request = (

@@ -91,6 +91,20 @@ async def test_metrics_count_by_route_template(metered: httpx.AsyncClient) -> No
     assert "alice" not in text  # user ids and task ids never become labels
 
 
+@pytest.mark.parametrize(
+    "authorization",
+    [None, b"Bearer wrong", b"Bearer scrape-m\xe9", "Bearer scrape-me\u2603".encode()],
+    ids=["none", "wrong token", "latin-1 byte", "UTF-8 snowman"],
+)
+async def test_metrics_refuse_any_other_authorization(
+    metered: httpx.AsyncClient, authorization: bytes | None
+) -> None:
+    headers = {} if authorization is None else {b"Authorization": authorization}
+    refused = await metered.get("/metrics", headers=headers)
+    assert refused.status_code == 401
+    assert refused.json()["code"] == "token_missing"
+
+
 @pytest.fixture
 async def limited(settings: Settings, clean_tables: None) -> AsyncIterator[httpx.AsyncClient]:
     async for client in _client(settings, rate_limit_per_minute=5):
