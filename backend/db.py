@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,18 +85,25 @@ def normalise_url(raw: str, statement_cache: bool | None = None) -> DatabaseTarg
 
 
 class Database:
-    """The request path's database: an asyncpg pool, and how requests must use it.
+    """The request path's database: an asyncpg pool, and how requests use it.
 
-    Every request runs exactly one SQL statement, and a statement is its own transaction in
-    PostgreSQL: on a direct connection it runs as is, one round trip. Behind a transaction-mode
-    pooler (statement cache off) each request opens a transaction instead, because asyncpg
-    prepares and executes in two exchanges, and only an open transaction keeps PgBouncer from
-    sending the second to another server connection.
+    A request takes a connection only around its one statement, after everything about the
+    request has been validated, so a 4xx never touches the pool and a connection is never held
+    while the framework parses, verifies or serialises. Connections are handed out in arrival
+    order (`_gate`): asyncpg's own queue lets a newcomer take a just-released connection ahead
+    of a waiter it already woke, which sends that waiter to the back and stretches the tail.
+
+    Each statement runs in autocommit, one round trip, on a direct connection and behind a
+    transaction-mode pooler alike: asyncpg prepares with Parse/Describe/Flush and executes with
+    Bind/Execute/Sync, and PgBouncer keeps a client on its server connection until the Sync,
+    so the two halves cannot land on different servers. (That holds while statements use only
+    built-in types: a type introspection query between them would end with a Sync of its own.)
     """
 
-    def __init__(self, pool: asyncpg.Pool, settings: DatabaseSettings, *, transactions: bool):
+    def __init__(self, pool: asyncpg.Pool, settings: DatabaseSettings) -> None:
         self.pool = pool
-        self.transactions = transactions
+        # A released slot goes straight to the longest waiter; under it the pool never queues.
+        self._gate = asyncio.Semaphore(settings.db_pool_size)
         self._acquire_timeout = settings.db_pool_timeout_seconds
         self._budget = settings.db_connect_budget_seconds
 
@@ -113,32 +121,60 @@ class Database:
             reset=_keep_session,
             **target.connect_args,
         )
-        return cls(pool, settings, transactions=not target.statement_cache)
+        return cls(pool, settings)
 
     async def close(self) -> None:
         await self.pool.close()
 
-    async def acquire(self) -> asyncpg.Connection:
-        """A pooled connection, retrying with backoff while the database is unreachable.
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection, in arrival order; `TimeoutError` after DB_POOL_TIMEOUT_SECONDS."""
+        if self._gate.locked():  # the timer only when there is a wait
+            async with asyncio.timeout(self._acquire_timeout):
+                await self._gate.acquire()
+        else:
+            await self._gate.acquire()
+        try:
+            connection = await self._connect()
+            try:
+                yield connection
+            finally:
+                await self.pool.release(connection)
+        finally:
+            self._gate.release()
 
-        A cold Neon compute or a restarting server answers after a few hundred ms; past the
-        budget the outage error propagates (and becomes a 503). Statement errors never retry.
+    async def fetchrow(self, sql: Sql, parameters: Mapping[str, object]) -> asyncpg.Record | None:
+        """Run one statement; its first row, or None."""
+        async with self.connection() as connection:
+            return await connection.fetchrow(sql.sql, *sql.args(parameters))
+
+    async def fetch(self, sql: Sql, parameters: Mapping[str, object]) -> list[asyncpg.Record]:
+        """Run one statement; all its rows."""
+        async with self.connection() as connection:
+            rows: list[asyncpg.Record] = await connection.fetch(sql.sql, *sql.args(parameters))
+            return rows
+
+    async def _connect(self) -> asyncpg.Connection:
+        """A connection from the pool, retrying with backoff while the database is unreachable.
+
+        Under the gate a pooled connection is always free or can be opened, so the wait here
+        is only for the server. A cold Neon compute or a restarting server answers after a few
+        hundred ms; past the budget the outage error propagates (and becomes a 503).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._budget
         delay = 0.05
         while True:
             try:
-                return await self.pool.acquire(timeout=self._acquire_timeout)
+                # No timeout here: under the gate no one waits for a connection, and opening
+                # one is bounded by DB_CONNECT_TIMEOUT_SECONDS.
+                return await self.pool.acquire()
             except Exception as exc:
                 if not is_database_outage(exc) or loop.time() + delay > deadline:
                     raise
                 logger.info("database unreachable (%s); retry in %.2f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-
-    async def release(self, connection: asyncpg.Connection) -> None:
-        await self.pool.release(connection)
 
 
 async def _keep_session(_: asyncpg.Connection) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
-import asyncpg
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -23,22 +21,10 @@ _bearer = HTTPBearer(
 )
 
 
-async def get_connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection for this request.
-
-    With `scope="function"` (below) the code after `yield` runs when the endpoint returns and
-    before the response is sent: a write is committed before the client is told it happened.
-    """
+async def get_database(request: Request) -> Database:
+    """The process's pool. Routes take a connection from it only around their statement."""
     database: Database = request.app.state.database
-    connection = await database.acquire()
-    try:
-        if database.transactions:  # behind a pooler: COMMIT on the way out, ROLLBACK on error
-            async with connection.transaction():
-                yield connection
-        else:
-            yield connection
-    finally:
-        await database.release(connection)
+    return database
 
 
 async def current_user(
@@ -70,6 +56,6 @@ async def path_owner(
     return user
 
 
-ConnectionDep = Annotated[asyncpg.Connection, Depends(get_connection, scope="function")]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 OwnerDep = Annotated[AuthUser, Depends(path_owner)]
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The task's id.")]

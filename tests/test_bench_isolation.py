@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, select
 
 from backend.config import Settings
 from backend.db import Sql
-from backend.deps import ConnectionDep, OwnerDep, TaskId
+from backend.deps import DatabaseDep, OwnerDep, TaskId
 from backend.errors import TaskNotFound
 from backend.main import create_app
 from backend.models import tasks
@@ -53,15 +53,15 @@ _ANY_TASK = Sql.of(select(tasks).where(tasks.c.id == bindparam("task_id")))  # n
 
 def _list_without_owner_filter(router: APIRouter) -> None:
     @router.get("/api/{user_id}/tasks")
-    async def list_tasks(user: OwnerDep, connection: ConnectionDep) -> Response:
-        rows = await connection.fetch(_EVERY_TASK.sql)
+    async def list_tasks(user: OwnerDep, database: DatabaseDep) -> Response:
+        rows = await database.fetch(_EVERY_TASK, {})
         return JsonResponse([dict(row) for row in rows])
 
 
 def _read_without_owner_filter(router: APIRouter) -> None:
     @router.get("/api/{user_id}/tasks/{task_id}")
-    async def read_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep) -> Response:
-        row = await connection.fetchrow(_ANY_TASK.sql, task_id)
+    async def read_task(task_id: TaskId, user: OwnerDep, database: DatabaseDep) -> Response:
+        row = await database.fetchrow(_ANY_TASK, {"task_id": task_id})
         if row is None:
             raise TaskNotFound(task_id)
         return JsonResponse(dict(row))

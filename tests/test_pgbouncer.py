@@ -1,5 +1,8 @@
 """Behind PgBouncer in transaction mode (Neon's pooled endpoint works the same way), prepared
-statements must not be cached per connection; with the cache off, concurrent load is clean."""
+statements must not be cached per connection. With the cache off, each statement runs in
+autocommit (no BEGIN/COMMIT around it) and concurrent load through a pool of 8 server
+connections is clean: asyncpg's Parse/Describe/Flush and Bind/Execute/Sync stay on one server
+connection, because PgBouncer only lets go of it at the Sync."""
 
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from backend.config import Settings
+from backend.main import create_app
 from tests.conftest import Database, Headers
 
 MAX = 2**63 - 1
@@ -194,3 +196,48 @@ async def test_unknown_route_and_method_use_the_error_shape(
     wrong_method = await client.post("/api/alice/tasks/1", headers=alice, json={})
     assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
     assert (wrong_method.status_code, wrong_method.json()["code"]) == (405, "method_not_allowed")
+
+
+@pytest.fixture
+async def no_database(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its database unreachable (nothing listens on port 9)."""
+    down = {"database_url": "postgresql://u:p@127.0.0.1:9/app", "db_connect_budget_seconds": 0}
+    app = create_app(settings.model_copy(update=down))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client,
+    ):
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/alice/tasks", {"title": ""}),
+        ("POST", "/api/alice/tasks", {"title": "ok", "owner": "bob"}),
+        ("PUT", "/api/alice/tasks/1", {}),
+        ("GET", "/api/alice/tasks/0", None),
+        ("PATCH", f"/api/alice/tasks/{MAX + 1}/complete", None),
+        ("GET", "/api/alice/tasks?limit=0", None),
+    ],
+    ids=["empty title", "unknown field", "empty update", "task id 0", "id past 2^63", "limit 0"],
+)
+async def test_bad_input_is_judged_before_the_database_is_asked(
+    no_database: httpx.AsyncClient,
+    alice: Headers,
+    method: str,
+    path: str,
+    body: dict[str, object] | None,
+) -> None:
+    # A 422 needs no connection: it comes even while the database is down, and holds none.
+    response = await no_database.request(method, path, headers=alice, json=body)
+    assert response.status_code == 422
+    assert response.json()["code"] == "validation_error"
+
+
+async def test_a_valid_request_with_the_database_down_is_503(
+    no_database: httpx.AsyncClient, alice: Headers
+) -> None:
+    response = await no_database.post("/api/alice/tasks", headers=alice, json={"title": "ok"})
+    assert response.status_code == 503
+    assert response.json()["code"] == "database_unavailable"

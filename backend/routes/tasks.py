@@ -10,13 +10,12 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated, Any
 
-import asyncpg
 from fastapi import APIRouter, Query, Request, Response, status
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from backend.db import Sql
-from backend.deps import ConnectionDep, OwnerDep, TaskId
+from backend.deps import DatabaseDep, OwnerDep, TaskId
 from backend.errors import TaskNotFound
 from backend.models import (
     MAX_ID,
@@ -102,10 +101,6 @@ def _update(fields: tuple[str, ...]) -> Sql:
     )
 
 
-async def _one(connection: asyncpg.Connection, sql: Sql, parameters: dict[str, Any]) -> Any:
-    return await connection.fetchrow(sql.sql, *sql.args(parameters))
-
-
 def _task(row: Mapping[str, Any] | None, task_id: int) -> JsonResponse:
     if row is None:
         raise TaskNotFound(task_id)
@@ -122,7 +117,7 @@ def _task(row: Mapping[str, Any] | None, task_id: int) -> JsonResponse:
 async def list_tasks(
     request: Request,
     user: OwnerDep,
-    connection: ConnectionDep,
+    database: DatabaseDep,
     completed: Annotated[bool | None, Query(description="Only completed (or open) tasks.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = MAX_PAGE,
     after_id: Annotated[int, Query(ge=0, le=MAX_ID, description="Start after this id.")] = 0,
@@ -130,7 +125,7 @@ async def list_tasks(
     page = _PAGES[completed]
     # One extra row tells whether another page exists.
     parameters = {"owner_id": user.id, "after_id": after_id, "rows": limit + 1, "state": completed}
-    rows = await connection.fetch(page.sql, *page.args(parameters))
+    rows = await database.fetch(page, parameters)
 
     headers = {}
     if len(rows) > limit:
@@ -148,19 +143,20 @@ async def list_tasks(
     responses=_BODY_ERRORS,
 )
 async def create_task(
-    request: Request, body: CreateTask, user: OwnerDep, connection: ConnectionDep
+    request: Request, body: CreateTask, user: OwnerDep, database: DatabaseDep
 ) -> Response:
     parameters = {"owner_id": user.id, "owner_email": user.email, "owner_name": user.name}
     parameters |= {"new_title": body.title, "new_description": body.description}
-    row = await _one(connection, _CREATE, parameters)
+    row = await database.fetchrow(_CREATE, parameters)
+    assert row is not None  # INSERT ... RETURNING returns the row it inserted
     location = request.app.url_path_for("read_task", user_id=user.id, task_id=str(row["id"]))
     return JsonResponse(dict(row), status.HTTP_201_CREATED, {"Location": location})
 
 
 @router.get("/{task_id}", response_model=TaskOut, summary="Read a task", responses=_TASK_ERRORS)
-async def read_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep) -> Response:
+async def read_task(task_id: TaskId, user: OwnerDep, database: DatabaseDep) -> Response:
     parameters = {"task_id": task_id, "owner_id": user.id}
-    return _task(await _one(connection, _READ, parameters), task_id)
+    return _task(await database.fetchrow(_READ, parameters), task_id)
 
 
 @router.put(
@@ -171,12 +167,12 @@ async def read_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep) 
     responses={**_TASK_ERRORS, **_BODY_ERRORS},
 )
 async def update_task(
-    task_id: TaskId, body: UpdateTask, user: OwnerDep, connection: ConnectionDep
+    task_id: TaskId, body: UpdateTask, user: OwnerDep, database: DatabaseDep
 ) -> Response:
     changes = body.model_dump(exclude_unset=True)
     parameters = {"task_id": task_id, "owner_id": user.id}
     parameters |= {f"set_{field}": value for field, value in changes.items()}
-    return _task(await _one(connection, _update(tuple(sorted(changes))), parameters), task_id)
+    return _task(await database.fetchrow(_update(tuple(sorted(changes))), parameters), task_id)
 
 
 @router.delete(
@@ -186,9 +182,9 @@ async def update_task(
     summary="Delete a task",
     responses=_TASK_ERRORS,
 )
-async def delete_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep) -> Response:
+async def delete_task(task_id: TaskId, user: OwnerDep, database: DatabaseDep) -> Response:
     parameters = {"task_id": task_id, "owner_id": user.id}
-    if await _one(connection, _DELETE, parameters) is None:
+    if await database.fetchrow(_DELETE, parameters) is None:
         raise TaskNotFound(task_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -200,6 +196,6 @@ async def delete_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep
     description="Flips `completed` atomically in the database; concurrent toggles never lose one.",
     responses=_TASK_ERRORS,
 )
-async def toggle_task(task_id: TaskId, user: OwnerDep, connection: ConnectionDep) -> Response:
+async def toggle_task(task_id: TaskId, user: OwnerDep, database: DatabaseDep) -> Response:
     parameters = {"task_id": task_id, "owner_id": user.id}
-    return _task(await _one(connection, _TOGGLE, parameters), task_id)
+    return _task(await database.fetchrow(_TOGGLE, parameters), task_id)
