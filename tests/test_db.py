@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import bindparam, select
 
 from backend.config import Settings
-from backend.db import Database, Sql, is_database_outage, normalise_url
+from backend.db import Database, DatabaseTarget, Sql, is_database_outage, normalise_url
 from backend.models import tasks
 
 NEON_POOLED = (
@@ -21,49 +21,58 @@ NEON_POOLED = (
 NEON_DIRECT = NEON_POOLED.replace("-pooler", "")
 
 
+VERIFIED = "verified: server certificate and host name checked against the system trust store"
+UNVERIFIED = "sslmode=require (encrypted; the server certificate is NOT verified)"
+
+
 @pytest.mark.parametrize(
-    ("raw", "url", "ssl", "statement_cache"),
+    ("raw", "url", "tls", "statement_cache"),
     [
         (
             NEON_POOLED,
             "postgresql+asyncpg://alex:pw@ep-cool-darkness-123456-pooler.eu-central-1.aws.neon.tech"
             "/neondb?prepared_statement_cache_size=0",
-            "require",
+            VERIFIED,
             False,
         ),
         (
             NEON_DIRECT,
             "postgresql+asyncpg://alex:pw@ep-cool-darkness-123456.eu-central-1.aws.neon.tech/neondb",
-            "require",
+            VERIFIED,
             True,
         ),
         (
             "postgres://u:p@localhost:5432/app",
             "postgresql+asyncpg://u:p@localhost:5432/app",
-            None,
+            DatabaseTarget.tls,
             True,
         ),
-        ("postgresql+asyncpg://u@h/app", "postgresql+asyncpg://u@h/app", None, True),
+        ("postgresql+asyncpg://u@h/app", "postgresql+asyncpg://u@h/app", DatabaseTarget.tls, True),
         (
             "postgresql://postgres:@/postgres?host=/tmp/sock",
             "postgresql+asyncpg://postgres:@/postgres?host=%2Ftmp%2Fsock",
-            None,
+            DatabaseTarget.tls,
             True,
         ),
-        ("postgresql://u@h/app?sslmode=disable", "postgresql+asyncpg://u@h/app", "disable", True),
+        (
+            "postgresql://u@h/app?sslmode=disable",
+            "postgresql+asyncpg://u@h/app",
+            "sslmode=disable",
+            True,
+        ),
         (
             "postgresql://u@h/app?sslmode=verify-full",
             "postgresql+asyncpg://u@h/app",
-            "verify-full",
+            VERIFIED,
             True,
         ),
-        ("postgresql://u@h/app?ssl=true", "postgresql+asyncpg://u@h/app", "require", True),
+        ("postgresql://u@h/app?ssl=true", "postgresql+asyncpg://u@h/app", UNVERIFIED, True),
     ],
 )
-def test_normalise_url(raw: str, url: str, ssl: str | None, statement_cache: bool) -> None:
+def test_normalise_url(raw: str, url: str, tls: str, statement_cache: bool) -> None:
     target = normalise_url(raw)
     assert target.url == url
-    assert target.connect_args.get("ssl") == ssl
+    assert target.tls == tls
     assert target.statement_cache is statement_cache
     assert ("statement_cache_size" in target.connect_args) is not statement_cache
     # asyncpg's own DSN: same host and database, libpq-only parameters gone.
@@ -78,7 +87,15 @@ def test_statement_cache_setting_overrides_the_host_guess() -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["mysql://u@h/db", "postgresql://u@h/db?sslmode=sometimes", "sqlite:///x.db"]
+    "raw",
+    [
+        "mysql://u@h/db",
+        "postgresql://u@h/db?sslmode=sometimes",
+        "sqlite:///x.db",
+        "postgresql://u@h/db?channel_binding=always",
+        "postgresql://u@h/db?sslmode=disable&channel_binding=require",  # binding needs TLS
+        "postgresql://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+    ],
 )
 def test_unsupported_urls_are_refused(raw: str) -> None:
     with pytest.raises(ValueError, match="DATABASE_URL"):
