@@ -76,6 +76,14 @@ class Settings(DatabaseSettings):
 
     _split_lists = field_validator("jwt_algorithms", "cors_origins", mode="before")(_split_commas)
 
+    # uvicorn's --log-level is lower case; either case is accepted for both settings.
+    _upper_level = field_validator("log_level", mode="before")(
+        lambda value: value.upper() if isinstance(value, str) else value
+    )
+    _lower_format = field_validator("log_format", mode="before")(
+        lambda value: value.lower() if isinstance(value, str) else value
+    )
+
     @field_validator("better_auth_secret")
     @classmethod
     def _secret_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:

