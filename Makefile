@@ -76,7 +76,8 @@ $(WRK):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
 
-bench: install $(WRK) ## API vs raw Starlette+asyncpg ceiling, scale and memory -> bench/results/<date>.md
+bench: install $(WRK) ## API vs raw Starlette+asyncpg ceiling, curve, scale, memory -> bench/results/
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench._throughput
 
 lint: install

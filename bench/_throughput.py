@@ -1,10 +1,15 @@
 """`make bench`: the API side by side with a raw Starlette + asyncpg ceiling, in one run.
 
-    .venv/bin/python -m bench._throughput        # writes bench/results/<date>.md
+    .venv/bin/python -m bench._throughput        # writes bench/results/<date>.md (+ chart)
+    BENCH_COMPARE="d66d143 80afacf" .venv/bin/python -m bench._throughput
 
 One throwaway embedded PostgreSQL, seeded; the servers run as deployed (uvicorn, uvloop,
 httptools, access log off), pinned to core 0; wrk (one thread, 64 connections) is pinned to
-core 1. Scenarios alternate between servers round by round, so drift hits both alike.
+core 1. Scenarios alternate between servers round by round, so drift hits both alike; every
+round is reported, and a round far from its median is flagged rather than hidden.
+
+BENCH_COMPARE names earlier commits: each is served from a git worktree beside the current
+code and measured on the mixed workload in the same rounds, for before/after lines.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +42,10 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = 64
 SCENARIOS = ("list", "get", "create", "toggle", "mixed")
+CURVE_CONNECTIONS = (8, 32, 64, 128, 256)
+CURVE_SECONDS = float(os.environ.get("BENCH_CURVE_SECONDS", "6"))
+OUTLIER = 0.15  # a round this far from its median (req/s) is flagged
+COMPARE = os.environ.get("BENCH_COMPARE", "").split()
 SERVER_CORE, LOAD_CORE = "0", "1"
 SECRET = secrets.token_urlsafe(48)
 VENV_BIN = Path(sys.executable).parent
@@ -46,7 +55,7 @@ SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
     "ceiling": (["bench._ceiling:app"], {}),
     # Before/after variants, measured on the mixed workload only.
     "api, pydantic-core serialisation": (["bench._variants:pydantic_app", "--factory"], {}),
-    "api, pooler mode (transactions, no statement cache)": (
+    "api, pooler mode (no statement cache)": (
         ["backend.main:create_app", "--factory"],
         {"DB_STATEMENT_CACHE": "false"},
     ),
@@ -57,6 +66,7 @@ SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
 class Run:
     server: str
     scenario: str
+    connections: int
     requests: int
     seconds: float
     p50_ms: float
@@ -138,8 +148,10 @@ def write_users(path: Path, users: list[tuple[str, str, list[int]]]) -> Path:
 
 
 @contextmanager
-def running(name: str, port: int, database_url: str) -> Iterator[Server]:
-    target, extra_env = SERVERS[name]
+def running(name: str, port: int, database_url: str, cwd: Path = ROOT) -> Iterator[Server]:
+    """Serve `name` (see SERVERS) from `cwd`: the checkout, or a worktree of an earlier commit
+    (uvicorn puts its directory first on sys.path, ahead of the editable install)."""
+    target, extra_env = SERVERS.get(name, SERVERS["api"])
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -150,7 +162,7 @@ def running(name: str, port: int, database_url: str) -> Iterator[Server]:
     command = ["taskset", "-c", SERVER_CORE, str(VENV_BIN / "uvicorn"), *target]
     command += ["--port", str(port), "--loop", "uvloop", "--http", "httptools"]
     command += ["--no-access-log", "--log-level", "warning", "--workers", "1"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env)  # noqa: S603
+    process = subprocess.Popen(command, cwd=cwd, env=env)  # noqa: S603
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -196,14 +208,15 @@ def wrk(server: Server, scenario: str, users: Path, seconds: float, connections:
     run = Run(
         server=server.name,
         scenario=scenario,
+        connections=connections,
         cpu_ms_per_request=cpu * 1000 / max(data["requests"], 1),
         **data,
     )
     server.runs.append(run)
     print(
-        f"{server.name:52} {scenario:7} {run.rps:8.0f} req/s  p50 {run.p50_ms:6.2f}  "
-        f"p99 {run.p99_ms:6.2f} ms  cpu {run.cpu_ms_per_request:.3f} ms/req  "
-        f"non-2xx {run.non_2xx}",
+        f"{server.name:52} {scenario:7} c{connections:<4} {run.rps:8.0f} req/s  "
+        f"p50 {run.p50_ms:6.2f}  p99 {run.p99_ms:6.2f} ms  "
+        f"cpu {run.cpu_ms_per_request:.3f} ms/req  non-2xx {run.non_2xx}",
         flush=True,
     )
     return run
@@ -258,14 +271,21 @@ def _measure(pg: EmbeddedPostgres, tmp: Path) -> str:
     write_users(tmp / "writers.txt", asyncio.run(seed(url, 20, 1)))
 
     ports = iter(range(18000, 18100))
-    log: list[str] = []
-    with (
-        running("api", next(ports), url) as api,
-        running("ceiling", next(ports), url) as ceiling,
-        running("api, pydantic-core serialisation", next(ports), url) as pydantic,
-        running("api, pooler mode (transactions, no statement cache)", next(ports), url) as pooler,
-    ):
-        for server in (api, ceiling, pydantic, pooler):
+    with ExitStack() as stack:
+        api = stack.enter_context(running("api", next(ports), url))
+        ceiling = stack.enter_context(running("ceiling", next(ports), url))
+        variants = [
+            stack.enter_context(running(name, next(ports), url))
+            for name in (
+                "api, pydantic-core serialisation",
+                "api, pooler mode (no statement cache)",
+            )
+        ]
+        for commit in COMPARE:
+            tree, subject = stack.enter_context(_worktree(commit, tmp))
+            name = f"api @ {commit[:7]} ({subject})"
+            variants.append(stack.enter_context(running(name, next(ports), url, cwd=tree)))
+        for server in (api, ceiling, *variants):
             wrk(server, "mixed", load_users, 3, CONNECTIONS)  # warm-up, not reported
             server.runs.clear()
 
@@ -273,14 +293,24 @@ def _measure(pg: EmbeddedPostgres, tmp: Path) -> str:
             for scenario in SCENARIOS:
                 for server in (api, ceiling):
                     wrk(server, scenario, load_users, SECONDS, CONNECTIONS)
-            for server in (pydantic, pooler):
+            for server in variants:
                 wrk(server, "mixed", load_users, SECONDS, CONNECTIONS)
         rss = {server.name: server.rss_mib() for server in (api, ceiling)}
+
+        # The saturation curve: mixed workload from 8 to 256 connections, alternating.
+        curve: list[Run] = []
+        for _ in range(ROUNDS):
+            for connections in CURVE_CONNECTIONS:
+                for server in (api, ceiling):
+                    curve.append(wrk(server, "mixed", load_users, CURVE_SECONDS, connections))
+        for server in (api, ceiling):  # the curve runs are reported on their own
+            server.runs[:] = [r for r in server.runs if r not in curve]
         log = [
             f"{r.server} {r.scenario} {r.__dict__}"
-            for s in (api, ceiling, pydantic, pooler)
+            for s in (api, ceiling, *variants)
             for r in s.runs
         ]
+        log += [f"curve {r.server} c{r.connections} {r.__dict__}" for r in curve]
 
     # Scale, side by side: two databases, each with 50 users of 20 tasks (1,000 rows); the
     # large one also holds 1,000,000 rows of 10,000 other users. One API server on each;
@@ -319,8 +349,8 @@ def _measure(pg: EmbeddedPostgres, tmp: Path) -> str:
     return _report(
         api,
         ceiling,
-        pydantic,
-        pooler,
+        variants,
+        curve,
         rss,
         small,
         large,
@@ -332,15 +362,97 @@ def _measure(pg: EmbeddedPostgres, tmp: Path) -> str:
     )
 
 
+def _rounds(runs: list[Run]) -> str:
+    middle = statistics.median(r.rps for r in runs)
+    return " | ".join(
+        f"{r.rps:.0f} req/s, p99 {r.p99_ms:.0f} ms"
+        + (" **(outlier)**" if abs(r.rps - middle) > OUTLIER * middle else "")
+        for r in runs
+    )
+
+
+def _chart(curve: list[Run]) -> str | None:
+    """The curve as a PNG beside the report (bench extra: matplotlib); its file name."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, colour in (("api", "tab:blue"), ("ceiling", "tab:gray")):
+        points = [
+            {
+                k: statistics.median(
+                    getattr(r, k) for r in curve if r.server == name and r.connections == c
+                )
+                for k in ("rps", "p50_ms", "p99_ms")
+            }
+            for c in CURVE_CONNECTIONS
+        ]
+        throughput.plot(
+            CURVE_CONNECTIONS, [p["rps"] for p in points], "o-", color=colour, label=name
+        )
+        latency.plot(
+            CURVE_CONNECTIONS,
+            [p["p99_ms"] for p in points],
+            "o-",
+            color=colour,
+            label=f"{name} p99",
+        )
+        latency.plot(
+            CURVE_CONNECTIONS,
+            [p["p50_ms"] for p in points],
+            "o--",
+            color=colour,
+            alpha=0.6,
+            label=f"{name} p50",
+        )
+    for axis in (throughput, latency):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(CURVE_CONNECTIONS, [str(c) for c in CURVE_CONNECTIONS])
+        axis.set_xlabel("concurrent connections (wrk)")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    throughput.set_ylabel("requests/s")
+    throughput.set_title("Throughput, mixed workload")
+    latency.set_yscale("log")
+    latency.set_ylabel("latency, ms (log)")
+    latency.set_title("Latency: p50 (dashed) and p99")
+    figure.tight_layout()
+    name = f"{datetime.now(UTC):%Y-%m-%d}-curve.png"
+    results = ROOT / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    figure.savefig(results / name, dpi=110)
+    plt.close(figure)
+    return name
+
+
 def _median(runs: list[Run], scenario: str, attribute: str) -> float:
     return float(statistics.median(getattr(r, attribute) for r in runs if r.scenario == scenario))
+
+
+@contextmanager
+def _worktree(commit: str, tmp: Path) -> Iterator[tuple[Path, str]]:
+    """A detached worktree of `commit` and its subject line; removed afterwards."""
+    tree = tmp / f"worktree-{commit}"
+    git = ["git", "-C", str(ROOT)]
+    subprocess.run([*git, "worktree", "add", "--detach", str(tree), commit], check=True)  # noqa: S603
+    subject = subprocess.run(  # noqa: S603
+        [*git, "log", "-1", "--format=%s", commit], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        yield tree, subject
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=True)  # noqa: S603
 
 
 def _report(
     api: Server,
     ceiling: Server,
-    pydantic: Server,
-    pooler: Server,
+    variants: list[Server],
+    curve: list[Run],
     rss: dict[str, list[float]],
     small: Run,
     large: Run,
@@ -378,21 +490,73 @@ def _report(
             f"{c['p50_ms']:.1f} / {c['p95_ms']:.1f} / {c['p99_ms']:.1f} | "
             f"{a['cpu_ms_per_request']:.3f} | {c['cpu_ms_per_request']:.3f} |"
         )
-    non_2xx = sum(r.non_2xx + r.socket_errors for s in (api, ceiling) for r in s.runs)
+    everyone = (api, ceiling, *variants)
+    non_2xx = sum(r.non_2xx + r.socket_errors for server in everyone for r in server.runs)
+    non_2xx += sum(r.non_2xx + r.socket_errors for r in curve)
     lines += [
         "",
         f"Non-2xx responses and socket errors over all runs: {non_2xx}.",
         "",
-        "## What the design choices buy (mixed workload, same run)",
+        "## Every round",
         "",
-        "| variant | req/s | vs api | p99 ms |",
-        "|---|---|---|---|",
+        f"req/s and p99 of each round, in the order run. A round more than {OUTLIER:.0%} from "
+        "its median req/s is flagged **(outlier)**: it counts in the median like any other, "
+        "but it is not hidden.",
+        "",
+        "| server | scenario | " + " | ".join(f"round {n + 1}" for n in range(ROUNDS)) + " |",
+        "|---|---|" + "---|" * ROUNDS,
+    ]
+    for server in everyone:
+        for scenario in SCENARIOS:
+            runs = [r for r in server.runs if r.scenario == scenario]
+            if runs:
+                lines.append(f"| {server.name} | {scenario} | {_rounds(runs)} |")
+    lines += [
+        "",
+        "## Variants and earlier commits (mixed workload, same rounds)",
+        "",
+        "| variant | req/s | vs api | p50 ms | p99 ms | CPU ms/req |",
+        "|---|---|---|---|---|---|",
     ]
     api_mixed = _median(api.runs, "mixed", "rps")
-    for server in (api, pydantic, pooler):
+    for server in (api, *variants):
         rps = _median(server.runs, "mixed", "rps")
-        p99 = _median(server.runs, "mixed", "p99_ms")
-        lines.append(f"| {server.name} | {rps:.0f} | {rps / api_mixed:.2f}x | {p99:.1f} |")
+        p50, p99 = _median(server.runs, "mixed", "p50_ms"), _median(server.runs, "mixed", "p99_ms")
+        cpu_ms = _median(server.runs, "mixed", "cpu_ms_per_request")
+        lines.append(
+            f"| {server.name} | {rps:.0f} | {rps / api_mixed:.2f}x | {p50:.1f} | {p99:.1f} | "
+            f"{cpu_ms:.3f} |"
+        )
+    chart = _chart(curve)
+    lines += [
+        "",
+        "## Saturation curve (mixed workload)",
+        "",
+        f"{CURVE_SECONDS:.0f} s per point, {ROUNDS} rounds alternating api/ceiling at each "
+        "connection count; medians.",
+        "",
+        "| connections | api req/s | ceiling req/s | ratio | api p50 / p99 ms | "
+        "ceiling p50 / p99 ms | api p99 / ceiling p99 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for connections in CURVE_CONNECTIONS:
+        a, c = (
+            {
+                k: statistics.median(
+                    getattr(r, k)
+                    for r in curve
+                    if r.server == name and r.connections == connections
+                )
+                for k in ("rps", "p50_ms", "p99_ms")
+            }
+            for name in ("api", "ceiling")
+        )
+        lines.append(
+            f"| {connections} | {a['rps']:.0f} | {c['rps']:.0f} | {a['rps'] / c['rps']:.2f}x | "
+            f"{a['p50_ms']:.1f} / {a['p99_ms']:.1f} | {c['p50_ms']:.1f} / {c['p99_ms']:.1f} | "
+            f"{a['p99_ms'] / c['p99_ms']:.2f}x |"
+        )
+    lines += ["", f"![saturation curve]({chart})" if chart else "(matplotlib missing: no chart)"]
     lines += [
         "",
         "## Scale: list latency with 1,000,000 other users' rows",
