@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -19,6 +20,7 @@ BETTER_AUTH_ALGORITHMS = ("EdDSA", "ES256", "RS256", "PS256")
 MIN_SECRET_BYTES = 32
 
 CommaList = Annotated[list[str], NoDecode]
+_S = TypeVar("_S", bound=BaseSettings)
 
 
 def _split_commas(value: object) -> object:
@@ -35,7 +37,10 @@ def _origin(url: str) -> str:
 class DatabaseSettings(BaseSettings):
     """What the database layer needs (migrations read only these). Names are env var names."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # An empty variable (`DATABASE_URL=` in many .env templates) means unset.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     # Unset: an embedded PostgreSQL is started with its data under `data_dir`.
     database_url: str | None = None
@@ -49,6 +54,15 @@ class DatabaseSettings(BaseSettings):
     db_command_timeout_seconds: float = Field(default=30.0, gt=0)
     # None = decide from the URL: off behind a transaction-mode pooler such as Neon's.
     db_statement_cache: bool | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _usable_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            from backend.db import normalise_url  # db builds on this module: import when used
+
+            normalise_url(value)  # raises ValueError naming what is wrong
+        return value
 
 
 class Settings(DatabaseSettings):
@@ -149,7 +163,30 @@ class Settings(DatabaseSettings):
         return self
 
 
+def settings_or_exit(kind: type[_S]) -> _S:
+    """`kind` read from the environment and `.env`; a bad value ends the process with one
+    line per problem, naming the variable, instead of a traceback."""
+    try:
+        return kind()
+    except ValidationError as exc:
+        raise SystemExit("\n".join(_explain(error) for error in exc.errors())) from None
+
+
+# Values never repeated in an error: they hold credentials.
+_UNSHOWN = frozenset({"BETTER_AUTH_SECRET", "METRICS_TOKEN", "DATABASE_URL"})
+
+
+def _explain(error: ErrorDetails) -> str:
+    if not error["loc"]:  # a rule across several settings
+        return f"configuration error: {error['msg'].removeprefix('Value error, ')}"
+    variable = str(error["loc"][0]).upper()
+    message = error["msg"].removeprefix("Value error, ")
+    message = message.removeprefix(f"{variable}:").removeprefix(variable).lstrip(" :")
+    shown = "" if variable in _UNSHOWN else f" (got {error['input']!r})"
+    return f"configuration error: {variable}: {message}{shown}"
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings; raises a readable ValidationError on bad configuration."""
-    return Settings()
+    """The process-wide settings; exits with a one-line reason on bad configuration."""
+    return settings_or_exit(Settings)

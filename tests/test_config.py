@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from backend.config import Settings
+from tests.conftest import ROOT
 
 GOOD_SECRET = "s" * 64
 
@@ -75,3 +80,49 @@ def test_lists_come_from_comma_separated_environment(monkeypatch: pytest.MonkeyP
 def test_bad_configuration_refuses_to_start(values: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         _settings(**values)
+
+
+@pytest.mark.parametrize("variable", ["DATABASE_URL", "BETTER_AUTH_URL", "CORS_ORIGINS"])
+def test_an_empty_variable_is_unset(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    # `DATABASE_URL=` as many .env templates leave it: the embedded PostgreSQL, not an error.
+    monkeypatch.setenv(variable, "")
+    settings = _settings(better_auth_secret=GOOD_SECRET)
+    assert getattr(settings, variable.lower()) in (None, [])
+
+
+@pytest.mark.parametrize(
+    ("environment", "line"),
+    [
+        (
+            {"DB_POOL_SIZE": "ten"},
+            "configuration error: DB_POOL_SIZE: Input should be a valid integer, unable to parse "
+            "string as an integer (got 'ten')",
+        ),
+        (
+            {"DATABASE_URL": "mysql://app:hunter2@db.example.com/app"},
+            "configuration error: DATABASE_URL: must be a postgresql:// URL, not mysql://",
+        ),
+        (
+            {"DATABASE_URL": "postgresql://app:hunter2@db.example.com/app?sslmode=sometimes"},
+            "configuration error: DATABASE_URL: unsupported sslmode='sometimes'",
+        ),
+        (
+            {"BETTER_AUTH_SECRET": "hunter2"},
+            "configuration error: BETTER_AUTH_SECRET: must be at least 32 bytes; generate one "
+            "with: python -c 'import secrets; print(secrets.token_urlsafe(48))'",
+        ),
+    ],
+    ids=["not a number", "not PostgreSQL", "bad sslmode", "short secret"],
+)
+def test_a_bad_value_stops_the_server_with_one_line(
+    tmp_path: Path, environment: dict[str, str], line: str
+) -> None:
+    env = {**os.environ, "BETTER_AUTH_SECRET": GOOD_SECRET, "DATABASE_URL": "", **environment}
+    command = [sys.executable, "-m", "uvicorn", "backend.main:create_app", "--factory"]
+    command += ["--app-dir", str(ROOT), "--port", "0"]
+    result = subprocess.run(  # noqa: S603
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == line
+    assert "hunter2" not in result.stdout + result.stderr  # credentials never echoed

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
 import backend.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from backend.config import DatabaseSettings
+from backend.config import DatabaseSettings, settings_or_exit
 from backend.db import EmbeddedPostgres, embedded_data_dir, normalise_url
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s [%(name)s] %(message)s")
@@ -40,7 +40,7 @@ async def _run_online(settings: DatabaseSettings, url: str) -> None:
 
 
 def main() -> None:
-    settings = DatabaseSettings()
+    settings = settings_or_exit(DatabaseSettings)
     if context.is_offline_mode():
         context.configure(url=settings.database_url, target_metadata=target_metadata)
         with context.begin_transaction():
