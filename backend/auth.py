@@ -176,8 +176,8 @@ class JwksCache:
         if len(response.content) > MAX_JWKS_BYTES:
             raise ValueError(f"JWKS larger than {MAX_JWKS_BYTES} bytes")
         document = response.json()
-        if not isinstance(document, dict):
-            raise ValueError("JWKS is not a JSON object")
+        if not isinstance(document, dict) or not isinstance(document.get("keys", []), list):
+            raise ValueError('JWKS is not a JSON object with a "keys" list')
         # Symmetric ("oct") keys never come from a JWKS: an HMAC key must not be public.
         usable = [
             item

