@@ -3,13 +3,15 @@
 Every record carries the request id of the request being handled (or "-"). uvicorn's own
 switches stay in force: under `--no-access-log` uvicorn leaves `uvicorn.access` without a
 handler and not propagating, and it stays that way; with `--access-log` its lines come out in
-our format, with the request id. LOG_LEVEL governs uvicorn's loggers as well as ours.
+our format, with the request id. LOG_LEVEL governs uvicorn's loggers as well as ours. With
+tracing on (backend/tracing.py), records also carry the current trace id.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
@@ -18,10 +20,15 @@ from backend.middleware import current_request_id
 
 _SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
+# Set by backend/tracing.py when traces are on: the current span's trace id, or None.
+trace_id: Callable[[], str | None] | None = None
+
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = current_request_id()
+        if trace_id is not None:
+            record.trace_id = trace_id() or "-"
         return True
 
 
@@ -34,6 +41,8 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "request_id": getattr(record, "request_id", "-"),
         }
+        if (trace := getattr(record, "trace_id", None)) is not None:
+            entry["trace_id"] = trace
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()

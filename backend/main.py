@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -17,7 +18,6 @@ from backend.config import Settings, get_settings
 from backend.db import Database, EmbeddedPostgres, embedded_data_dir
 from backend.errors import install_error_handlers
 from backend.logs import configure_logging
-from backend.metrics import Metrics, MetricsMiddleware
 from backend.middleware import RequestIdMiddleware, RequestLimitsMiddleware
 from backend.ratelimit import RateLimiter
 from backend.routes import health, tasks
@@ -32,6 +32,8 @@ logger = logging.getLogger("backend")
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     async with AsyncExitStack() as stack:
+        if (on_shutdown := getattr(app.state, "on_shutdown", None)) is not None:
+            stack.callback(on_shutdown)
         database_url = settings.database_url
         if database_url is None:
             # Starting PostgreSQL blocks for a second or two: keep it off the event loop.
@@ -91,7 +93,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     if settings.metrics_enabled:
+        # Imported only when on: it decides where several workers share their numbers.
+        from backend.metrics import Metrics, MetricsMiddleware, worker_exited
+
         token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
         app.add_middleware(MetricsMiddleware, metrics=Metrics(), token=token)
+        app.state.on_shutdown = worker_exited
     app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        from backend import tracing  # the `otel` extra; never imported when tracing is off
+
+        tracing.instrument(app)
     return app

@@ -59,7 +59,12 @@ SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
         ["backend.main:create_app", "--factory"],
         {"DB_STATEMENT_CACHE": "false"},
     ),
+    "api, metrics on (prometheus_client)": (
+        ["backend.main:create_app", "--factory"],
+        {"METRICS_ENABLED": "true"},
+    ),
 }
+VARIANTS = tuple(name for name in SERVERS if name.startswith("api, "))
 
 
 @dataclass
