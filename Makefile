@@ -98,7 +98,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 mutate: install ## mutation testing of auth, deps, db and the routes' SQL (minutes)
 	$(BIN)/mutmut run --max-children 2 > /dev/null 2>&1 || true
 	rm -rf mutants/cosmic && mkdir -p mutants/cosmic
-	git ls-files -z backend tests pyproject.toml alembic.ini 2>/dev/null | xargs -0 cp --parents -t mutants/cosmic
+	git ls-files -z backend tests pyproject.toml | xargs -0 cp --parents -t mutants/cosmic
 	cd mutants/cosmic && ../../$(BIN)/cosmic-ray init tests/mutation/cosmic-ray.toml session.sqlite \
 		&& PATH=$(CURDIR)/$(BIN):$$PATH ../../$(BIN)/cosmic-ray exec tests/mutation/cosmic-ray.toml session.sqlite
 	$(BIN)/python -m tests.mutation.report

@@ -35,6 +35,24 @@ Headers = dict[str, str]
 TokenFactory = Callable[..., str]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under mutation testing, many pytest sessions run at once: each gets its own temporary
+    directory, since pytest prunes the shared numbered ones at start and a session whose
+    directory vanished would fail, which a mutation tool counts as a killed mutant."""
+    if os.environ.get("MUTANT_UNDER_TEST") and config.option.basetemp is None:
+        config.option.basetemp = config.stash[_MUTANT_BASETEMP] = tempfile.mkdtemp(
+            prefix="pytest-mutant-"
+        )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if (basetemp := config.stash.get(_MUTANT_BASETEMP, None)) is not None:
+        shutil.rmtree(basetemp, ignore_errors=True)
+
+
+_MUTANT_BASETEMP = pytest.StashKey[str]()
+
+
 def run_pgbouncer(postgres: EmbeddedPostgres, workdir: Path, settings: str = "") -> Iterator[str]:
     """Start PgBouncer (as the server's unprivileged user: it refuses root) and yield its URL.
 
