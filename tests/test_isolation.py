@@ -5,14 +5,34 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import Headers
+from tests.conftest import Headers, bearer
 
-ALICE_TASK = {"title": "alice's secret", "description": "only alice may see this"}
+SECRET_TASK = {"title": "a secret", "description": "only its owner may see this"}
+
+
+@pytest.fixture(
+    params=[("alice", "bob"), ("bob", "alice")], ids=["bob probes alice", "alice probes bob"]
+)
+def owner_and_intruder(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """Both orders: an owner filter written as `>=` or `<=` instead of `==` passes one of them
+    (user ids compare as strings), so each isolation check runs both ways."""
+    pair: tuple[str, str] = request.param
+    return pair
 
 
 @pytest.fixture
-async def alice_task(client: httpx.AsyncClient, alice: Headers) -> dict[str, object]:
-    response = await client.post("/api/alice/tasks", headers=alice, json=ALICE_TASK)
+def owner(owner_and_intruder: tuple[str, str]) -> str:
+    return owner_and_intruder[0]
+
+
+@pytest.fixture
+def intruder(owner_and_intruder: tuple[str, str]) -> str:
+    return owner_and_intruder[1]
+
+
+@pytest.fixture
+async def owner_task(client: httpx.AsyncClient, owner: str) -> dict[str, object]:
+    response = await client.post(f"/api/{owner}/tasks", headers=bearer(owner), json=SECRET_TASK)
     assert response.status_code == 201
     task: dict[str, object] = response.json()
     return task
@@ -28,15 +48,15 @@ def _probes(task_id: object) -> list[tuple[str, str, dict[str, object] | None]]:
 
 
 async def test_other_users_path_is_403_for_every_endpoint(
-    client: httpx.AsyncClient, alice_task: dict[str, object], bob: Headers
+    client: httpx.AsyncClient, owner_task: dict[str, object], owner: str, intruder: str
 ) -> None:
     attempts: list[tuple[str, str, dict[str, object] | None]] = [
-        ("GET", "/api/alice/tasks", None),
-        ("POST", "/api/alice/tasks", {"title": "x"}),
+        ("GET", f"/api/{owner}/tasks", None),
+        ("POST", f"/api/{owner}/tasks", {"title": "x"}),
     ]
-    attempts += [(m, p.format(user="alice"), b) for m, p, b in _probes(alice_task["id"])]
+    attempts += [(m, p.format(user=owner), b) for m, p, b in _probes(owner_task["id"])]
     for method, path, body in attempts:
-        response = await client.request(method, path, headers=bob, json=body)
+        response = await client.request(method, path, headers=bearer(intruder), json=body)
         assert response.status_code == 403, (method, path)
         assert response.json() == {
             "detail": "The path user_id does not match the signed-in user.",
@@ -45,11 +65,13 @@ async def test_other_users_path_is_403_for_every_endpoint(
 
 
 async def test_other_users_task_id_under_own_path_is_404(
-    client: httpx.AsyncClient, alice_task: dict[str, object], bob: Headers
+    client: httpx.AsyncClient, owner_task: dict[str, object], intruder: str
 ) -> None:
-    task_id = alice_task["id"]
+    task_id = owner_task["id"]
     for method, path, body in _probes(task_id):
-        response = await client.request(method, path.format(user="bob"), headers=bob, json=body)
+        response = await client.request(
+            method, path.format(user=intruder), headers=bearer(intruder), json=body
+        )
         assert response.status_code == 404, method
         # Exactly what a task that never existed gets: nothing confirms the id is in use.
         assert response.json() == {
@@ -59,45 +81,54 @@ async def test_other_users_task_id_under_own_path_is_404(
 
 
 async def test_missing_and_foreign_ids_are_indistinguishable(
-    client: httpx.AsyncClient, alice_task: dict[str, object], bob: Headers
+    client: httpx.AsyncClient, owner_task: dict[str, object], intruder: str
 ) -> None:
-    foreign = await client.get(f"/api/bob/tasks/{alice_task['id']}", headers=bob)
-    missing_id = int(str(alice_task["id"])) + 1000
-    missing = await client.get(f"/api/bob/tasks/{missing_id}", headers=bob)
+    headers = bearer(intruder)
+    foreign = await client.get(f"/api/{intruder}/tasks/{owner_task['id']}", headers=headers)
+    missing_id = int(str(owner_task["id"])) + 1000
+    missing = await client.get(f"/api/{intruder}/tasks/{missing_id}", headers=headers)
     assert foreign.status_code == missing.status_code == 404
     assert foreign.json()["code"] == missing.json()["code"]
     assert set(foreign.headers) == set(missing.headers)
 
 
-async def test_alices_data_is_unchanged_after_bobs_attempts(
-    client: httpx.AsyncClient, alice_task: dict[str, object], alice: Headers, bob: Headers
+async def test_owners_data_is_unchanged_after_the_intruders_attempts(
+    client: httpx.AsyncClient, owner_task: dict[str, object], owner: str, intruder: str
 ) -> None:
-    for user in ("alice", "bob"):
-        for method, path, body in _probes(alice_task["id"]):
-            await client.request(method, path.format(user=user), headers=bob, json=body)
-    await client.post("/api/alice/tasks", headers=bob, json={"title": "planted"})
+    for user in (owner, intruder):
+        for method, path, body in _probes(owner_task["id"]):
+            await client.request(
+                method, path.format(user=user), headers=bearer(intruder), json=body
+            )
+    await client.post(f"/api/{owner}/tasks", headers=bearer(intruder), json={"title": "planted"})
 
-    listing = await client.get("/api/alice/tasks", headers=alice)
-    assert listing.json() == [alice_task]
+    listing = await client.get(f"/api/{owner}/tasks", headers=bearer(owner))
+    assert listing.json() == [owner_task]
 
 
 async def test_lists_hold_only_the_callers_tasks(
-    client: httpx.AsyncClient, alice_task: dict[str, object], alice: Headers, bob: Headers
+    client: httpx.AsyncClient, owner_task: dict[str, object], owner: str, intruder: str
 ) -> None:
-    bobs = await client.post("/api/bob/tasks", headers=bob, json={"title": "bob's"})
-    bob_list = (await client.get("/api/bob/tasks", headers=bob)).json()
-    alice_list = (await client.get("/api/alice/tasks", headers=alice)).json()
-    assert bob_list == [bobs.json()]
-    assert alice_list == [alice_task]
+    theirs = await client.post(
+        f"/api/{intruder}/tasks", headers=bearer(intruder), json={"title": "t"}
+    )
+    intruder_list = (await client.get(f"/api/{intruder}/tasks", headers=bearer(intruder))).json()
+    owner_list = (await client.get(f"/api/{owner}/tasks", headers=bearer(owner))).json()
+    assert intruder_list == [theirs.json()]
+    assert owner_list == [owner_task]
     for completed in ("true", "false"):
-        filtered = await client.get(f"/api/bob/tasks?completed={completed}", headers=bob)
-        assert all(task["user_id"] == "bob" for task in filtered.json())
+        filtered = await client.get(
+            f"/api/{intruder}/tasks?completed={completed}", headers=bearer(intruder)
+        )
+        assert all(task["user_id"] == intruder for task in filtered.json())
 
 
 async def test_paging_cursor_cannot_reach_other_users(
-    client: httpx.AsyncClient, alice_task: dict[str, object], bob: Headers
+    client: httpx.AsyncClient, owner_task: dict[str, object], intruder: str
 ) -> None:
-    response = await client.get("/api/bob/tasks?after_id=0&limit=1000", headers=bob)
+    response = await client.get(
+        f"/api/{intruder}/tasks?after_id=0&limit=1000", headers=bearer(intruder)
+    )
     assert response.json() == []
     assert "Link" not in response.headers
 
