@@ -32,8 +32,10 @@ logger = logging.getLogger("backend")
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     async with AsyncExitStack() as stack:
-        if (on_shutdown := getattr(app.state, "on_shutdown", None)) is not None:
-            stack.callback(on_shutdown)
+        if settings.metrics_enabled:
+            from backend.metrics import worker_exited
+
+            stack.callback(worker_exited)  # this worker's live gauges leave with it
         database_url = settings.database_url
         if database_url is None:
             # Starting PostgreSQL blocks for a second or two: keep it off the event loop.
@@ -94,11 +96,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     if settings.metrics_enabled:
         # Imported only when on: it decides where several workers share their numbers.
-        from backend.metrics import Metrics, MetricsMiddleware, worker_exited
+        from backend.metrics import Metrics, MetricsMiddleware
 
         token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
         app.add_middleware(MetricsMiddleware, metrics=Metrics(), token=token)
-        app.state.on_shutdown = worker_exited
     app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         from backend import tracing  # the `otel` extra; never imported when tracing is off
