@@ -287,3 +287,31 @@ async def test_a_cached_token_is_still_refused_after_it_expires() -> None:
     await asyncio.sleep(2.1)
     with pytest.raises(TokenError, match="expired"):
         await verifier.verify(token)
+
+
+@pytest.mark.parametrize("sub", ["u", "u" * 255], ids=["1 character", "255 characters"])
+async def test_a_sub_at_the_length_limits_is_a_user(sub: str) -> None:
+    assert (await _verifier().verify(make_token(sub))).id == sub
+
+
+async def test_a_verified_token_is_served_from_the_cache() -> None:
+    verifier = _verifier()
+    token = make_token("u1", name="U One")
+    first = await verifier.verify(token)
+    assert verifier._verified.get(token) == first  # the next request skips the signature
+    assert await verifier.verify(token) == first
+
+
+def test_the_verified_token_cache_holds_exactly_its_capacity() -> None:
+    cache = VerifiedTokens(max_entries=2, clock=lambda: 0.0)
+    cache.put("a", AuthUser("a"), expires_at=10.0)
+    cache.put("b", AuthUser("b"), expires_at=10.0)
+    assert cache.get("a") == AuthUser("a")
+    assert cache.get("b") == AuthUser("b")
+
+
+async def test_the_configured_leeway_reaches_the_verifier() -> None:
+    strict = Settings(_env_file=None, better_auth_secret=SECRET, jwt_leeway_seconds=0)
+    verifier = TokenVerifier.from_settings(strict, None)
+    with pytest.raises(TokenError, match=r"^Token is not valid yet\.$"):
+        await verifier.verify(make_token("u1", iat=int(time.time()) + 10))

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from fastapi import FastAPI
 
-from backend.auth import JwksCache, TokenError, TokenVerifier
+from backend.auth import MAX_JWKS_BYTES, JwksCache, TokenError, TokenVerifier
 from backend.config import Settings
 from backend.main import create_app
 from tests.conftest import SECRET, Headers
@@ -140,6 +140,29 @@ async def test_a_broken_key_set_is_refused_and_known_keys_kept(
     assert cache.kids == {"k1"}
     assert reason in caplog.text
     assert (await _verifier(cache).verify(key.sign())).id == "ba-user"
+
+
+async def test_a_key_set_of_exactly_1_mib_is_accepted(
+    jwks_server: JwksServer, make_cache: CacheFactory
+) -> None:
+    key = make_key("EdDSA", "k1")
+    body = orjson.dumps({"keys": [key.jwk], "pad": ""})
+    jwks_server.body = body.replace(
+        b'"pad":""', b'"pad":"' + b"p" * (MAX_JWKS_BYTES - len(body)) + b'"'
+    )
+    assert len(jwks_server.body) == MAX_JWKS_BYTES
+    cache = make_cache()
+    assert await cache.refresh()
+    assert cache.kids == {"k1"}
+
+
+@pytest.mark.parametrize("kid", ["k", "k" * 256], ids=["1 character", "256 characters"])
+async def test_a_kid_at_the_length_limits_is_looked_up(
+    jwks_server: JwksServer, make_cache: CacheFactory, kid: str
+) -> None:
+    key = make_key("EdDSA", kid)
+    jwks_server.keys = [key]
+    assert (await _verifier(make_cache()).verify(key.sign())).id == "ba-user"
 
 
 async def test_a_key_set_without_keys_is_an_empty_one(
