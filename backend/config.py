@@ -87,6 +87,9 @@ class Settings(DatabaseSettings):
     metrics_enabled: bool = False
     metrics_token: SecretStr | None = None
     rate_limit_per_minute: int = Field(default=0, ge=0)  # per user, per worker; 0 = off
+    # How long a retry waits for a first request with the same Idempotency-Key to finish
+    # before its 409. Below DB_COMMAND_TIMEOUT_SECONDS, so the wait ends in a 409, not a 503.
+    idempotency_wait_seconds: float = Field(default=5.0, gt=0, le=60)
 
     _split_lists = field_validator("jwt_algorithms", "cors_origins", mode="before")(_split_commas)
 
@@ -124,6 +127,15 @@ class Settings(DatabaseSettings):
         if "*" in value:
             raise ValueError("CORS_ORIGINS must list origins; '*' cannot be used with credentials")
         return value
+
+    @model_validator(mode="after")
+    def _wait_ends_before_the_command_timeout(self) -> Settings:
+        if self.idempotency_wait_seconds >= self.db_command_timeout_seconds:
+            raise ValueError(
+                "IDEMPOTENCY_WAIT_SECONDS must be below DB_COMMAND_TIMEOUT_SECONDS "
+                f"({self.db_command_timeout_seconds:g})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _derive_token_settings(self) -> Settings:

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -141,10 +141,12 @@ class Database:
     of a waiter it already woke, which sends that waiter to the back and stretches the tail.
 
     Each statement runs in autocommit, one round trip, on a direct connection and behind a
-    transaction-mode pooler alike: asyncpg prepares with Parse/Describe/Flush and executes with
-    Bind/Execute/Sync, and PgBouncer keeps a client on its server connection until the Sync,
-    so the two halves cannot land on different servers. (That holds while statements use only
-    built-in types: a type introspection query between them would end with a Sync of its own.)
+    transaction-mode pooler alike (a write with an Idempotency-Key is the exception: it uses
+    `transaction()`, to keep its key and its change together). asyncpg prepares with
+    Parse/Describe/Flush and executes with Bind/Execute/Sync, and PgBouncer keeps a client on
+    its server connection until the Sync, so the two halves cannot land on different servers.
+    (That holds while statements use only built-in types: a type introspection query between
+    them would end with a Sync of its own.)
     """
 
     def __init__(self, pool: asyncpg.Pool, settings: DatabaseSettings) -> None:
@@ -202,6 +204,12 @@ class Database:
             rows: list[asyncpg.Record] = await connection.fetch(sql.sql, *sql.args(parameters))
             return rows
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """Several statements on one connection that commit together, or not at all."""
+        async with self.connection() as connection, connection.transaction():
+            yield Transaction(connection)
+
     async def _connect(self) -> asyncpg.Connection:
         """A connection from the pool, retrying with backoff while the database is unreachable.
 
@@ -223,6 +231,23 @@ class Database:
                 logger.info("database unreachable (%s); retry in %.2f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+
+class Statements(Protocol):
+    """What a route runs its statements on: `Database` (each in autocommit) or a `Transaction`."""
+
+    async def fetchrow(self, sql: Sql, parameters: Mapping[str, object]) -> asyncpg.Record | None:
+        """Run one statement; its first row, or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """A connection inside BEGIN ... COMMIT (see `Database.transaction`)."""
+
+    connection: asyncpg.Connection
+
+    async def fetchrow(self, sql: Sql, parameters: Mapping[str, object]) -> asyncpg.Record | None:
+        return await self.connection.fetchrow(sql.sql, *sql.args(parameters))
 
 
 async def _keep_session(_: asyncpg.Connection) -> None:

@@ -55,6 +55,49 @@ class TaskNotFound(ApiError):
         super().__init__(f"Task {task_id} was not found.")
 
 
+class PreconditionFailed(ApiError):
+    status_code = 412
+    code = "precondition_failed"
+
+    def __init__(self, task_id: int) -> None:
+        super().__init__(
+            f"Task {task_id} has changed since the ETag in If-Match: read it again, then retry."
+        )
+
+
+class InvalidPrecondition(ApiError):
+    status_code = 400
+    code = "invalid_precondition"
+
+
+class InvalidIdempotencyKey(ApiError):
+    status_code = 400
+    code = "invalid_idempotency_key"
+
+
+class IdempotencyKeyReused(ApiError):
+    status_code = 422
+    code = "idempotency_key_reused"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This Idempotency-Key was used for a different request (method, path or body); "
+            "use a new key for a new request."
+        )
+
+
+class IdempotencyKeyInFlight(ApiError):
+    status_code = 409
+    code = "idempotency_key_in_flight"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "A request with this Idempotency-Key is still being processed; retry after "
+            "`Retry-After` seconds to get its response."
+        )
+        self.headers = {"Retry-After": "1"}
+
+
 class RateLimited(ApiError):
     status_code = 429
     code = "rate_limited"

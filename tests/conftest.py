@@ -232,7 +232,7 @@ async def _shared_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 async def clean_tables(db: Database) -> AsyncIterator[None]:
     """Empties the tables after the test, whichever app wrote to them."""
     yield
-    await db.execute("TRUNCATE tasks, users CASCADE")
+    await db.execute("TRUNCATE tasks, users, idempotency_keys")
 
 
 @pytest.fixture
@@ -267,7 +267,7 @@ def serve(app: FastAPI) -> Iterator[str]:
 
 def empty_tables(database_url: str) -> None:
     """Synchronous twin of `clean_tables`, for tests that run outside the event loop."""
-    truncate = Database(database_url).execute("TRUNCATE tasks, users CASCADE")
+    truncate = Database(database_url).execute("TRUNCATE tasks, users, idempotency_keys")
     worker = threading.Thread(target=asyncio.run, args=(truncate,))
     worker.start()
     worker.join()

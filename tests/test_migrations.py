@@ -42,8 +42,9 @@ async def test_upgrade_to_head_and_downgrade_to_base(fresh_database: str) -> Non
 
     run_alembic(fresh_database, "upgrade", "head")
     tables = await _tables(fresh_database)
-    assert set(tables) == {"users", "tasks", "alembic_version"}
+    assert set(tables) == {"users", "tasks", "idempotency_keys", "alembic_version"}
     assert "ix_tasks_user_id_id" in tables["tasks"]
+    assert tables["idempotency_keys"] == {"pk_idempotency_keys", "ix_idempotency_keys_created_at"}
 
     run_alembic(fresh_database, "check")  # models and migrations agree: nothing to autogenerate
 

@@ -38,18 +38,40 @@ async def test_cors_preflight_for_the_web_client(cors: httpx.AsyncClient) -> Non
         headers={
             "Origin": "https://app.example.com",
             "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type",
+            "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
         },
     )
     assert preflight.status_code == 200
     assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
     assert preflight.headers["Access-Control-Allow-Credentials"] == "true"
+    for method, header in (("PUT", "if-match"), ("GET", "if-none-match")):
+        conditional = await cors.options(
+            "/api/alice/tasks/1",
+            headers={
+                "Origin": "https://app.example.com",
+                "Access-Control-Request-Method": method,
+                "Access-Control-Request-Headers": f"authorization, {header}",
+            },
+        )
+        assert conditional.status_code == 200, (header, conditional.text)
 
     response = await cors.get(
         "/api/alice/tasks", headers={"Origin": "https://app.example.com", **bearer("alice")}
     )
     assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
-    assert "Link" in response.headers["Access-Control-Expose-Headers"]
+    exposed = {
+        name.strip() for name in response.headers["Access-Control-Expose-Headers"].split(",")
+    }
+    # What a browser script may read: where a task is, the next page, the ids to quote, the
+    # ETag for If-Match/If-None-Match, and whether a response was a replay.
+    assert exposed >= {
+        "Location",
+        "Link",
+        "X-Request-ID",
+        "Retry-After",
+        "ETag",
+        "Idempotent-Replayed",
+    }
 
 
 async def test_cors_refuses_other_origins(cors: httpx.AsyncClient) -> None:

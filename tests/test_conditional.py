@@ -1,0 +1,238 @@
+"""ETags and conditional requests (backend/conditional.py): If-Match guards writes (412), and
+If-None-Match revalidates a task or a list (304), never across users."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Database, Headers
+
+TASKS = "/api/alice/tasks"
+
+
+async def _create(client: httpx.AsyncClient, alice: Headers, title: str = "t") -> httpx.Response:
+    response = await client.post(TASKS, headers=alice, json={"title": title})
+    assert response.status_code == 201, response.text
+    return response
+
+
+def _write(method: str, url: str) -> dict[str, Any]:
+    """The three guarded writes, as (method, url, body) for client.request."""
+    if method == "PUT":
+        return {"method": "PUT", "url": url, "json": {"title": "renamed"}}
+    if method == "PATCH":
+        return {"method": "PATCH", "url": f"{url}/complete"}
+    return {"method": "DELETE", "url": url}
+
+
+WRITES = ["PUT", "PATCH", "DELETE"]
+
+
+async def test_every_task_response_carries_a_strong_etag_that_changes_with_the_task(
+    client: httpx.AsyncClient, alice: Headers
+) -> None:
+    created = await _create(client, alice)
+    url = created.headers["Location"]
+    task_id = created.json()["id"]
+    etags = [created.headers["ETag"]]
+    assert etags[0] == f'"{task_id}.1"'  # strong: no W/ prefix
+
+    read = await client.get(url, headers=alice)
+    assert read.headers["ETag"] == etags[0]  # unchanged task, same tag
+    assert read.headers["Cache-Control"] == "private, no-cache"
+
+    for change in (
+        client.put(url, headers=alice, json={"title": "renamed"}),
+        client.patch(f"{url}/complete", headers=alice),
+        client.put(url, headers=alice, json={"completed": False}),
+    ):
+        response = await change
+        assert response.status_code == 200
+        etags.append(response.headers["ETag"])
+        assert (await client.get(url, headers=alice)).headers["ETag"] == etags[-1]
+    assert len(set(etags)) == 4, etags  # every change, a new tag
+
+
+@pytest.mark.parametrize("method", WRITES)
+async def test_if_match_with_the_current_etag_writes(
+    client: httpx.AsyncClient, alice: Headers, method: str
+) -> None:
+    created = await _create(client, alice)
+    headers = alice | {"If-Match": created.headers["ETag"]}
+    response = await client.request(**_write(method, created.headers["Location"]), headers=headers)
+    assert response.status_code == (204 if method == "DELETE" else 200), response.text
+
+
+@pytest.mark.parametrize("method", WRITES)
+async def test_if_match_with_a_stale_etag_is_412_and_changes_nothing(
+    client: httpx.AsyncClient, db: Database, alice: Headers, method: str
+) -> None:
+    created = await _create(client, alice)
+    url, stale = created.headers["Location"], created.headers["ETag"]
+    assert (await client.put(url, headers=alice, json={"title": "edited elsewhere"})).is_success
+    before = await db.fetch("SELECT title, completed, version FROM tasks")
+
+    response = await client.request(**_write(method, url), headers=alice | {"If-Match": stale})
+    assert response.status_code == 412
+    assert response.json()["code"] == "precondition_failed"
+    assert await db.fetch("SELECT title, completed, version FROM tasks") == before
+
+
+@pytest.mark.parametrize(
+    "if_match",
+    [
+        'W/"{id}.1"',  # a weak tag never matches for a write (strong comparison)
+        '"{other}.1"',  # another task's tag
+        '"{id}.2"',  # a version this task never had
+        '"not-one-of-ours"',
+    ],
+)
+async def test_if_match_compares_strongly_and_per_task(
+    client: httpx.AsyncClient, alice: Headers, if_match: str
+) -> None:
+    task_id = (await _create(client, alice)).json()["id"]
+    other = (await _create(client, alice)).json()["id"]
+    header = if_match.format(id=task_id, other=other)
+    response = await client.put(
+        f"{TASKS}/{task_id}", headers=alice | {"If-Match": header}, json={"title": "x"}
+    )
+    assert response.status_code == 412, header
+
+
+async def test_if_match_any_of_a_list_and_star(client: httpx.AsyncClient, alice: Headers) -> None:
+    created = await _create(client, alice)
+    url, etag = created.headers["Location"], created.headers["ETag"]
+    listed = alice | {"If-Match": f'"0.1", W/{etag}, {etag}'}
+    renamed = await client.put(url, headers=listed, json={"title": "a"})
+    assert renamed.status_code == 200
+    star = await client.put(url, headers=alice | {"If-Match": "*"}, json={"title": "b"})
+    assert star.status_code == 200
+
+
+@pytest.mark.parametrize("method", WRITES)
+@pytest.mark.parametrize("if_match", ["*", '"{id}.1"'])
+async def test_if_match_on_a_task_that_is_not_yours_is_404_like_no_task_at_all(
+    client: httpx.AsyncClient,
+    db: Database,
+    alice: Headers,
+    bob: Headers,
+    method: str,
+    if_match: str,
+) -> None:
+    """Preconditions are judged only on a task the user can see: a 412 would confirm that bob's
+    task exists (and that its ETag was guessed right)."""
+    bobs = await client.post("/api/bob/tasks", headers=bob, json={"title": "bob's"})
+    bobs_id = bobs.json()["id"]
+    before = await db.fetch("SELECT title, completed, version FROM tasks")
+    for task_id in (bobs_id, bobs_id + 1000):  # bob's, and one that does not exist
+        header = if_match.format(id=task_id)
+        response = await client.request(
+            **_write(method, f"{TASKS}/{task_id}"), headers=alice | {"If-Match": header}
+        )
+        assert response.status_code == 404, (task_id, response.text)
+        assert response.json()["code"] == "task_not_found"
+    assert await db.fetch("SELECT title, completed, version FROM tasks") == before
+
+
+@pytest.mark.parametrize("header", ["If-Match", "If-None-Match"])
+@pytest.mark.parametrize("value", ["1.1", '"unterminated', '"a" "b"', "", 'W/ "x"'])
+async def test_malformed_precondition_headers_are_400(
+    client: httpx.AsyncClient, db: Database, alice: Headers, header: str, value: str
+) -> None:
+    url = (await _create(client, alice)).headers["Location"]
+    if header == "If-Match":
+        response = await client.put(url, headers=alice | {header: value}, json={"title": "x"})
+    else:
+        response = await client.get(url, headers=alice | {header: value})
+    assert response.status_code == 400, value
+    assert response.json()["code"] == "invalid_precondition"
+    assert header in response.json()["detail"]
+    assert await db.fetch("SELECT title FROM tasks") == [("t",)]
+
+
+async def test_if_none_match_on_a_task_is_304_until_it_changes(
+    client: httpx.AsyncClient, alice: Headers
+) -> None:
+    created = await _create(client, alice)
+    url, etag = created.headers["Location"], created.headers["ETag"]
+    for header in (etag, f"W/{etag}", f'"0.1", {etag}', "*"):
+        unchanged = await client.get(url, headers=alice | {"If-None-Match": header})
+        assert unchanged.status_code == 304, header
+        assert unchanged.content == b""
+        assert unchanged.headers["ETag"] == etag
+
+    await client.patch(f"{url}/complete", headers=alice)
+    changed = await client.get(url, headers=alice | {"If-None-Match": etag})
+    assert changed.status_code == 200
+    assert changed.json()["completed"] is True
+    assert changed.headers["ETag"] != etag
+
+
+async def test_the_list_etag_follows_every_change_of_that_users_tasks_only(
+    client: httpx.AsyncClient, alice: Headers, bob: Headers
+) -> None:
+    first = await _create(client, alice)
+    url = first.headers["Location"]
+
+    async def revalidate(etag: str) -> httpx.Response:
+        return await client.get(TASKS, headers=alice | {"If-None-Match": etag})
+
+    listed = await client.get(TASKS, headers=alice)
+    etag = listed.headers["ETag"]
+    assert listed.headers["Cache-Control"] == "private, no-cache"
+    unchanged = await revalidate(etag)
+    assert (unchanged.status_code, unchanged.content, unchanged.headers["ETag"]) == (304, b"", etag)
+
+    # Bob's writes are not alice's list: her ETag stays.
+    bobs = await client.post("/api/bob/tasks", headers=bob, json={"title": "b"})
+    await client.patch(f"{bobs.headers['Location']}/complete", headers=bob)
+    await client.delete(bobs.headers["Location"], headers=bob)
+    assert (await revalidate(etag)).status_code == 304
+
+    seen = {etag}
+    for change in (
+        client.post(TASKS, headers=alice, json={"title": "second"}),
+        client.put(url, headers=alice, json={"title": "renamed"}),
+        client.patch(f"{url}/complete", headers=alice),
+        client.delete(url, headers=alice),
+    ):
+        assert (await change).is_success
+        response = await revalidate(etag)
+        assert response.status_code == 200, "a change of alice's tasks kept her list's ETag"
+        etag = response.headers["ETag"]
+        assert etag not in seen
+        seen.add(etag)
+        assert (await revalidate(etag)).status_code == 304
+
+
+async def test_a_page_etag_changes_when_a_next_page_appears(
+    client: httpx.AsyncClient, alice: Headers
+) -> None:
+    await _create(client, alice)
+    page = await client.get(f"{TASKS}?limit=1", headers=alice)
+    await _create(client, alice)  # the first page's body is the same; its Link is new
+    again = await client.get(
+        f"{TASKS}?limit=1", headers=alice | {"If-None-Match": page.headers["ETag"]}
+    )
+    assert again.status_code == 200
+    assert "Link" in again.headers
+
+
+async def test_two_tabs_editing_one_task_exactly_one_wins(
+    client: httpx.AsyncClient, db: Database, alice: Headers
+) -> None:
+    created = await _create(client, alice)
+    url, etag = created.headers["Location"], created.headers["ETag"]
+    tabs = [
+        client.put(url, headers=alice | {"If-Match": etag}, json={"title": f"tab {n}"})
+        for n in range(8)
+    ]
+    responses = await asyncio.gather(*tabs)
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] + [412] * 7
+    (winner,) = [r for r in responses if r.status_code == 200]
+    assert await db.fetch("SELECT title, version FROM tasks") == [(winner.json()["title"], 2)]
