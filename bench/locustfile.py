@@ -1,4 +1,5 @@
-"""Per-user isolation under concurrent load: `locust -f bench/` (web UI) or headless:
+"""Per-user isolation, safe retries and concurrent edits under load: `locust -f bench/` (web UI)
+or headless:
 
     locust -f bench/ --headless -u 50 -r 10 -t 60s --host http://127.0.0.1:8000
 
@@ -6,20 +7,26 @@ Each simulated user has its own identity and token: HS256 minted with BETTER_AUT
 `<user_id> <token>` lines from TOKENS_FILE (tokens of a real deployment's users). Every response
 is checked against what that user did: lists equal its own tasks exactly, toggles flip, deleted
 tasks are gone, and probes of other users' tasks get 404 (own path) or 403 (their path).
-A violation is a failure named `ISOLATION: ...`; the run exits non-zero on any violation, any
-5xx, or a failure ratio above MAX_FAIL_RATIO (default 0.01).
+Two personas check the guarantees a web client relies on: a Retrier sends creates and toggles
+again with the same Idempotency-Key (some sends at once), and each must take effect once; a
+TwoTabs user edits one task from two tabs with If-Match, and exactly one edit may win.
+A violation is a failure named `ISOLATION: ...`, `EXACTLY-ONCE: ...` or `LOST-UPDATE: ...`; the
+run exits non-zero on any violation, any 5xx, or a failure ratio above MAX_FAIL_RATIO (0.01).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import secrets
 import string
 import time
+import uuid
 from typing import Any, ClassVar
 
+import gevent
 import jwt
 from locust import FastHttpUser, between, events, task
 from locust.env import Environment
@@ -74,9 +81,10 @@ class Ledger:
 
 
 def report_isolation(message: str) -> None:
+    """A violation, named by its kind: the message starts with ISOLATION, EXACTLY-ONCE..."""
     Ledger.violations += 1
     events.request.fire(
-        request_type="ISOLATION",
+        request_type=message.split(":", 1)[0],
         name=message,
         response_time=0,
         response_length=0,
@@ -256,6 +264,131 @@ class Snoop(TaskApiUser):
                         f"ISOLATION: user {self.me.label} got {response.status_code} on "
                         f"{method} task {task_id} of {owner_label}"
                     )
+
+    @task(1)
+    def review(self) -> None:
+        self.check_list()
+
+
+class Retrier(TaskApiUser):
+    """A client on a bad network: every create and toggle goes out with an Idempotency-Key and
+    is sent again (sometimes several sends at once). Each must happen exactly once, and every
+    send must get the first response back."""
+
+    weight = 1
+
+    def _send_repeatedly(self, method: str, path: str, name: str, body: Any = None) -> Any:
+        headers = self.headers | {"Idempotency-Key": str(uuid.uuid4())}
+        sends = random.choice([1, 2, 2, 3])
+        at_once = sends > 1 and random.random() < 0.5
+
+        def send(_: int) -> tuple[int, bytes, bool]:
+            with self.client.request(
+                method, path, headers=headers, json=body, name=name, catch_response=True
+            ) as response:
+                response.success()  # judged below, all sends together
+                replayed = response.headers.get("Idempotent-Replayed") == "true"
+                return response.status_code, response.content, replayed
+
+        if at_once:
+            answers = [
+                g.value for g in gevent.joinall([gevent.spawn(send, n) for n in range(sends)])
+            ]
+        else:
+            answers = [send(n) for n in range(sends)]
+        statuses = {status for status, _, _ in answers}
+        if statuses - {200, 201}:
+            if any(status >= 500 for status in statuses):
+                return None  # counted as a server error by _count_server_errors
+            report_isolation(f"EXACTLY-ONCE: {name} sends with one key got {sorted(statuses)}")
+            return None
+        if len({content for _, content, _ in answers}) != 1 or sum(not r for *_, r in answers) != 1:
+            report_isolation(
+                f"EXACTLY-ONCE: user {self.me.label} {name}: {len(answers)} sends with one key "
+                f"did not all get the one first response"
+            )
+        return json.loads(answers[0][1])
+
+    @task(2)
+    def create_with_retries(self) -> None:
+        title = f"{self.me.label} retried {random.randrange(10**6)}"
+        created = self._send_repeatedly(
+            "POST", self.base, "create (keyed, resent)", {"title": title}
+        )
+        if created is not None:
+            self._adopt(created)
+
+    @task(2)
+    def toggle_with_retries(self) -> None:
+        if (task_id := self.some_task()) is None:
+            return
+        before = self.mine[task_id]["completed"]
+        path = f"{self.base}/{task_id}/complete"
+        toggled = self._send_repeatedly("PATCH", path, "toggle (keyed, resent)")
+        if toggled is None:
+            return
+        self._adopt(toggled)
+        now = self._call("GET", f"{self.base}/{task_id}", 200, name="read")
+        if now is not None and (toggled["completed"] is before or now["completed"] is before):
+            report_isolation(
+                f"EXACTLY-ONCE: user {self.me.label} toggle of {task_id} flipped twice"
+            )
+
+    @task(1)
+    def review(self) -> None:
+        self.check_list()  # a create that happened twice shows up here as a task never made
+
+
+class TwoTabs(TaskApiUser):
+    """One person, two browser tabs, one task: both rename it from the same ETag. Exactly one
+    rename may win; the other tab must get 412, and the task must hold the winner's title."""
+
+    weight = 1
+
+    @task(1)
+    def keep_some(self) -> None:
+        if len(self.mine) < 3:
+            self.create()
+
+    @task(3)
+    def edit_from_two_tabs(self) -> None:
+        if (task_id := self.some_task()) is None:
+            return
+        url = f"{self.base}/{task_id}"
+        with self.client.get(url, headers=self.headers, name="read", catch_response=True) as seen:
+            if seen.status_code != 200:
+                seen.failure(f"read: {seen.status_code}")
+                return
+            etag = seen.headers["ETag"]
+        guarded = self.headers | {"If-Match": etag}
+
+        def rename(tab: int) -> tuple[int, str]:
+            title = f"{self.me.label} tab {tab} {random.randrange(10**6)}"
+            with self.client.put(
+                url,
+                headers=guarded,
+                json={"title": title},
+                name="update (If-Match, 2 tabs)",
+                catch_response=True,
+            ) as response:
+                response.success()  # judged below, both tabs together
+                return response.status_code, title
+
+        tabs = [g.value for g in gevent.joinall([gevent.spawn(rename, tab) for tab in (1, 2)])]
+        statuses = sorted(status for status, _ in tabs)
+        if any(status >= 500 for status in statuses):
+            return
+        if statuses != [200, 412]:
+            report_isolation(f"LOST-UPDATE: two tabs editing task {task_id} got {statuses}")
+            return
+        winner = next(title for status, title in tabs if status == 200)
+        now = self._call("GET", url, 200, name="read")
+        if now is not None:
+            if now["title"] != winner:
+                report_isolation(
+                    f"LOST-UPDATE: task {task_id} holds {now['title']!r}, not the winner"
+                )
+            self._adopt(now)
 
     @task(1)
     def review(self) -> None:

@@ -1,4 +1,5 @@
-"""The Locust isolation scenarios in bench/ pass on the real server and catch a planted leak.
+"""The Locust scenarios in bench/ pass on the real server and catch planted bugs: a leak across
+users, a retried toggle that flips twice, a conditional update that ignores If-Match.
 
 Each run is the command the README gives (`locust -f bench/ --headless ...`), shortened.
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi import APIRouter, FastAPI, Response
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, update
 
 from backend.config import Settings
 from backend.db import Sql
@@ -67,6 +68,35 @@ def _read_without_owner_filter(router: APIRouter) -> None:
         return JsonResponse(dict(row))
 
 
+_COLUMNS = [c for c in tasks.c if c.name != "version"]
+_OWNED = (tasks.c.id == bindparam("task_id")) & (tasks.c.user_id == bindparam("owner_id"))
+_FLIP = Sql.of(
+    update(tasks).where(_OWNED).values(completed=~tasks.c.completed).returning(*_COLUMNS)
+)
+_RENAME = Sql.of(
+    update(tasks)
+    .where(_OWNED)
+    .values(title=bindparam("title"), version=tasks.c.version + 1)
+    .returning(*_COLUMNS)
+)
+
+
+def _toggle_ignoring_the_key(router: APIRouter) -> None:
+    @router.patch("/api/{user_id}/tasks/{task_id}/complete")
+    async def toggle_task(task_id: TaskId, user: OwnerDep, database: DatabaseDep) -> Response:
+        row = await database.fetchrow(_FLIP, {"task_id": task_id, "owner_id": user.id})
+        return JsonResponse(dict(row or {}))
+
+
+def _update_ignoring_if_match(router: APIRouter) -> None:
+    @router.put("/api/{user_id}/tasks/{task_id}")
+    async def update_task(
+        task_id: TaskId, body: dict[str, str], user: OwnerDep, database: DatabaseDep
+    ) -> Response:
+        parameters = {"task_id": task_id, "owner_id": user.id, "title": body["title"]}
+        return JsonResponse(dict(await database.fetchrow(_RENAME, parameters) or {}))
+
+
 def _mutant(settings: Settings, plant: Callable[[APIRouter], Any]) -> FastAPI:
     app = create_app(settings)
     leaky = APIRouter()
@@ -76,12 +106,19 @@ def _mutant(settings: Settings, plant: Callable[[APIRouter], Any]) -> FastAPI:
 
 
 @pytest.mark.parametrize(
-    "plant", [_list_without_owner_filter, _read_without_owner_filter], ids=["list", "read"]
+    ("plant", "named"),
+    [
+        (_list_without_owner_filter, "ISOLATION: user u"),
+        (_read_without_owner_filter, "ISOLATION: user u"),
+        (_toggle_ignoring_the_key, "EXACTLY-ONCE: "),
+        (_update_ignoring_if_match, "LOST-UPDATE: two tabs editing task"),
+    ],
+    ids=["list", "read", "retried-toggle", "two-tabs"],
 )
-def test_fails_on_a_planted_ownership_bug(
-    settings: Settings, plant: Callable[[APIRouter], Any]
+def test_fails_on_a_planted_bug(
+    settings: Settings, plant: Callable[[APIRouter], Any], named: str
 ) -> None:
     with serve(_mutant(settings, plant)) as url:
         result = run_locust(url)
     assert result.returncode != 0
-    assert "ISOLATION: user u" in result.stdout + result.stderr
+    assert named in result.stdout + result.stderr

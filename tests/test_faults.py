@@ -1,7 +1,9 @@
 """PostgreSQL crashes and comes back while requests are running.
 
 During the outage: 503 + Retry-After, never a 500, no request hangs. After: the service recovers
-by itself, and every write it acknowledged (2xx) before the crash is in the database.
+by itself, and every write it acknowledged (2xx) before the crash is in the database. The
+clients do what a careful web client does: each create carries an Idempotency-Key and is sent
+again after every 503 until it is answered, so every intended task exists exactly once.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class Ledger:
     statuses: list[int] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     acknowledged: dict[int, str] = field(default_factory=dict)
+    intended: set[str] = field(default_factory=set)  # titles, one Idempotency-Key each
+    retries: int = 0
+    replayed: int = 0
     hung: int = 0
     successes_at: list[float] = field(default_factory=list)
 
@@ -67,27 +72,34 @@ async def _client_loop(api: httpx.AsyncClient, worker: int, ledger: Ledger, stop
     user = f"fault-user-{worker}"
     headers = bearer(user)
     n = 0
-    while time.monotonic() < stop_at:
-        n += 1
+    retrying = False
+    while time.monotonic() < stop_at or retrying:
+        if not retrying:
+            n += 1
         title = f"w{worker}-n{n}"
         started = time.monotonic()
         try:
             if n % 4 == 0:
                 request = api.get(f"/api/{user}/tasks?limit=5", headers=headers)
             else:
-                request = api.post(f"/api/{user}/tasks", headers=headers, json={"title": title})
+                ledger.intended.add(title)
+                keyed = headers | {"Idempotency-Key": title}
+                request = api.post(f"/api/{user}/tasks", headers=keyed, json={"title": title})
             response = await asyncio.wait_for(request, REQUEST_TIMEOUT)
         except TimeoutError:
             ledger.hung += 1
             continue
         ledger.latencies.append(time.monotonic() - started)
         ledger.statuses.append(response.status_code)
+        retrying = response.status_code == 503 and n % 4 != 0
+        ledger.retries += retrying
         if response.status_code == 503:
             assert response.headers["Retry-After"] == "2"
             assert response.json()["code"] == "database_unavailable"
             await asyncio.sleep(0.05)
         elif response.status_code == 201:
             ledger.acknowledged[response.json()["id"]] = title
+            ledger.replayed += response.headers.get("Idempotent-Replayed") == "true"
         if response.status_code < 300:
             ledger.successes_at.append(time.monotonic())
 
@@ -120,6 +132,7 @@ async def test_postgres_crash_and_restart_under_load(
     print(
         f"\nfault run: {len(ledger.statuses)} requests, {len(ledger.acknowledged)} acknowledged "
         f"writes, 503s={during}, 500s={ledger.statuses.count(500)}, hung={ledger.hung}, "
+        f"creates retried={ledger.retries}, replayed={ledger.replayed}, "
         f"outage={back_at - crashed_at:.2f}s, first success {recovered_after * 1000:.0f} ms "
         f"after PostgreSQL was back, max latency {max(ledger.latencies):.2f}s"
     )
@@ -137,3 +150,6 @@ async def test_postgres_crash_and_restart_under_load(
     stored = {row["id"]: row["title"] for row in rows}
     lost = {i: t for i, t in ledger.acknowledged.items() if stored.get(i) != t}
     assert lost == {}, f"{len(lost)} acknowledged writes lost"
+    # Retried until answered: every create the clients meant exists, and exactly once.
+    assert ledger.retries > 0
+    assert sorted(stored.values()) == sorted(ledger.intended)

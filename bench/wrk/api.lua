@@ -1,5 +1,6 @@
 -- wrk script for `make bench`: requests as many users, each with its own token and tasks.
--- SCENARIO (env): list | get | create | toggle | mixed. USERS_FILE and WRITERS_FILE (env): lines
+-- SCENARIO (env): list | get | create | keyed-create | toggle | mixed. keyed-create sends each
+-- create with its own Idempotency-Key (the cost of a safe retry, paid on every first send). USERS_FILE and WRITERS_FILE (env): lines
 -- of "<user_id> <token> <task_id>,<task_id>,..." written by bench/_throughput.py. Creates go to
 -- the writers, so the readers' lists keep their 20 tasks for the whole run.
 
@@ -34,6 +35,12 @@ local function one(kind)
   elseif kind == "toggle" then
     local path = user.base .. "/" .. user.tasks[math.random(#user.tasks)] .. "/complete"
     return wrk.format("PATCH", path, user.headers)
+  elseif kind == "keyed-create" then
+    local writer = writers[math.random(#writers)]
+    sent = sent + 1
+    local headers = { ["Idempotency-Key"] = key_prefix .. "-" .. sent }
+    for name, value in pairs(writer.headers) do headers[name] = value end
+    return wrk.format("POST", writer.base, headers, body)
   else
     local writer = writers[math.random(#writers)]
     return wrk.format("POST", writer.base, writer.headers, body)
@@ -43,7 +50,11 @@ end
 -- A web client's mix: mostly reading its list, then opening, ticking off and adding tasks.
 local mix = { "list", "list", "list", "list", "list", "get", "get", "toggle", "toggle", "create" }
 
-function init(args) math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16) % 1000) end
+function init(args)
+  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16) % 1000)
+  key_prefix = string.format("%d-%d", os.time(), math.random(1e9))  -- unique across runs
+  sent = 0
+end
 
 function request()
   if scenario == "mixed" then return one(mix[math.random(#mix)]) end
