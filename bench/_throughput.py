@@ -49,6 +49,7 @@ COMPARE = os.environ.get("BENCH_COMPARE", "").split()
 SERVER_CORE, LOAD_CORE = "0", "1"
 SECRET = secrets.token_urlsafe(48)
 VENV_BIN = Path(sys.executable).parent
+STARTED = datetime.now(UTC)  # names the report and its chart alike, even across midnight
 
 SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
     "api": (["backend.main:create_app", "--factory"], {}),
@@ -236,7 +237,6 @@ LIST_QUERY = (
 def main() -> None:
     if not Path("/usr/bin/wrk").exists():
         raise SystemExit("wrk is needed: apt-get install wrk (make bench does it)")
-    started = datetime.now(UTC)
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
         pg = EmbeddedPostgres(tmp / "pg", delete_on_stop=True)
@@ -246,7 +246,7 @@ def main() -> None:
             pg.stop()
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
-    path = results / f"{started:%Y-%m-%d}.md"
+    path = results / f"{STARTED:%Y-%m-%d}.md"
     path.write_text(report, encoding="utf-8")
     print(f"\nwrote {path.relative_to(ROOT)}")
 
@@ -430,7 +430,7 @@ def _chart(curve: list[Run]) -> str | None:
     latency.set_ylabel("latency, ms (log)")
     latency.set_title("Latency: p50 (dashed) and p99")
     figure.tight_layout()
-    name = f"{datetime.now(UTC):%Y-%m-%d}-curve.png"
+    name = f"{STARTED:%Y-%m-%d}-curve.png"
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
     figure.savefig(results / name, dpi=110)
@@ -473,7 +473,7 @@ def _report(
 ) -> str:
     cpu = psutil.cpu_count()
     lines = [
-        f"# Throughput benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"# Throughput benchmark, started {STARTED:%Y-%m-%d %H:%M} UTC",
         "",
         f"Command: `make bench` (`.venv/bin/python -m bench._throughput`). Machine: {cpu} cores; "
         f"servers pinned to core {SERVER_CORE}, wrk (1 thread, {CONNECTIONS} connections) to core "
