@@ -89,6 +89,8 @@ async def test_if_match_with_a_stale_etag_is_412_and_changes_nothing(
         '"{other}.1"',  # another task's tag
         '"{id}.2"',  # a version this task never had
         '"not-one-of-ours"',
+        '"{id}.9223372036854775808"',  # past bigint: never a version, and never a 500
+        '"{id}.99999999999999999999"',
     ],
 )
 async def test_if_match_compares_strongly_and_per_task(
@@ -164,6 +166,10 @@ async def test_if_none_match_on_a_task_is_304_until_it_changes(
         assert unchanged.status_code == 304, header
         assert unchanged.content == b""
         assert unchanged.headers["ETag"] == etag
+        assert unchanged.headers["Cache-Control"] == "private, no-cache"
+    # A header sent as several lines is one list (RFC 9110 section 5.3).
+    lines = [*alice.items(), ("If-None-Match", '"0.1"'), ("If-None-Match", etag)]
+    assert (await client.get(url, headers=lines)).status_code == 304
 
     await client.patch(f"{url}/complete", headers=alice)
     changed = await client.get(url, headers=alice | {"If-None-Match": etag})
