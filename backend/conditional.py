@@ -89,11 +89,15 @@ def if_match_versions(headers: Headers, task_id: int) -> list[int] | None:
     return versions
 
 
-def not_modified(headers: Headers, etag: str) -> Response | None:
-    """A 304 when `If-None-Match` names `etag` (weak comparison) or is `*`; else None."""
-    parsed = _parse(headers, "If-None-Match")
-    if parsed is None:
+def if_none_match(headers: Headers) -> _Tags | None:
+    """The request's If-None-Match, parsed before any database work (400 when malformed)."""
+    return _parse(headers, "If-None-Match")
+
+
+def not_modified(wanted: _Tags | None, etag: str) -> Response | None:
+    """A 304 when If-None-Match names `etag` (weak comparison) or is `*`; else None."""
+    if wanted is None:
         return None
-    if parsed.any or any(f'"{opaque}"' == etag for _, opaque in parsed.tags):
+    if wanted.any or any(f'"{opaque}"' == etag for _, opaque in wanted.tags):
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": CACHE_CONTROL})
     return None

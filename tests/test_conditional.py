@@ -156,6 +156,22 @@ async def test_malformed_precondition_headers_are_400(
     assert await db.fetch("SELECT title FROM tasks") == [("t",)]
 
 
+@pytest.mark.parametrize("header", ["If-Match", "If-None-Match"])
+async def test_a_malformed_precondition_is_400_before_the_task_is_looked_up(
+    client: httpx.AsyncClient, alice: Headers, bob: Headers, header: str
+) -> None:
+    """The header is judged before the database is asked, so the answer is the same 400 for a
+    missing task and for another user's: it tells nothing about either."""
+    bobs = await client.post("/api/bob/tasks", headers=bob, json={"title": "b"})
+    for task_id in (bobs.json()["id"], 999_999):
+        url = f"{TASKS}/{task_id}"
+        if header == "If-Match":
+            response = await client.put(url, headers=alice | {header: "1.1"}, json={"title": "x"})
+        else:
+            response = await client.get(url, headers=alice | {header: "1.1"})
+        assert (response.status_code, response.json()["code"]) == (400, "invalid_precondition")
+
+
 async def test_if_none_match_on_a_task_is_304_until_it_changes(
     client: httpx.AsyncClient, alice: Headers
 ) -> None:

@@ -23,6 +23,7 @@ from backend import idempotency
 from backend.conditional import (
     CACHE_CONTROL,
     if_match_versions,
+    if_none_match,
     not_modified,
     page_etag,
     task_etag,
@@ -196,6 +197,7 @@ async def list_tasks(
     after_id: Annotated[int, Query(ge=0, le=MAX_ID, description="Start after this id.")] = 0,
 ) -> Response:
     page = _PAGES[completed]
+    wanted = if_none_match(request.headers)
     # One extra row tells whether another page exists.
     parameters = {"owner_id": user.id, "after_id": after_id, "rows": limit + 1, "state": completed}
     rows = await database.fetch(page, parameters)
@@ -207,7 +209,7 @@ async def list_tasks(
         link = f'<{next_page.path}?{next_page.query}>; rel="next"'
     body = dumps([dict(row) for row in rows])
     etag = page_etag(body, link)
-    if unchanged := not_modified(request.headers, etag):
+    if unchanged := not_modified(wanted, etag):
         return unchanged
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL} | ({"Link": link} if link else {})
     return Response(body, headers=headers, media_type=JsonResponse.media_type)
@@ -248,10 +250,11 @@ async def create_task(
 async def read_task(
     request: Request, task_id: TaskId, user: OwnerDep, database: DatabaseDep
 ) -> Response:
+    wanted = if_none_match(request.headers)
     row = await database.fetchrow(_READ, {"task_id": task_id, "owner_id": user.id})
     if row is None:
         raise TaskNotFound(task_id)
-    if unchanged := not_modified(request.headers, task_etag(task_id, row["version"])):
+    if unchanged := not_modified(wanted, task_etag(task_id, row["version"])):
         return unchanged
     return _task(row, headers={"Cache-Control": CACHE_CONTROL})
 
