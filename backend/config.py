@@ -11,6 +11,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from backend.database_url import normalise_url
+
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"EdDSA", "ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
@@ -59,8 +61,6 @@ class DatabaseSettings(BaseSettings):
     @classmethod
     def _usable_url(cls, value: str | None) -> str | None:
         if value is not None:
-            from backend.db import normalise_url  # db builds on this module: import when used
-
             normalise_url(value)  # raises ValueError naming what is wrong
         return value
 

@@ -12,15 +12,14 @@ own SQLAlchemy engine.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-import ssl
 import warnings
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Protocol
 
 import asyncpg
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
@@ -28,107 +27,9 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
 from backend.config import DatabaseSettings
+from backend.database_url import normalise_url
 
 logger = logging.getLogger("backend.db")
-
-# libpq `sslmode` values and what asyncpg's `ssl` argument calls them.
-_SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
-_CHANNEL_BINDING = frozenset({"disable", "prefer", "require"})
-# libpq parameters asyncpg does not take and that ask for nothing we would weaken by dropping.
-_DROPPED_PARAMS = frozenset({"gssencmode", "target_session_attrs"})
-
-
-@dataclass(frozen=True)
-class DatabaseTarget:
-    """The URL for SQLAlchemy's asyncpg dialect (`url`), the DSN for asyncpg itself (`dsn`), and
-    what must go to asyncpg.connect() besides (`connect_args`). `tls` says in words what the
-    connection's TLS protects against, for the start-up log."""
-
-    url: str
-    dsn: str
-    connect_args: dict[str, Any] = field(default_factory=dict)
-    statement_cache: bool = True
-    tls: str = "as the server and libpq defaults decide (sslmode unset)"
-
-
-def is_pooler_host(host: str) -> bool:
-    """Neon's pooled endpoints (PgBouncer, transaction mode) carry `-pooler` in the host name."""
-    return "-pooler." in host or host.endswith("-pooler")
-
-
-def normalise_url(raw: str, statement_cache: bool | None = None) -> DatabaseTarget:
-    """Turn a libpq-style URL (as Neon and most hosts give it) into an asyncpg one.
-
-    `statement_cache=None` decides from the host: off behind a transaction-mode pooler, where a
-    prepared statement may land on another server connection.
-    """
-    parts = urlsplit(raw.strip())
-    scheme = parts.scheme.split("+", 1)[0]
-    if scheme not in {"postgres", "postgresql"}:
-        raise ValueError(f"DATABASE_URL must be a postgresql:// URL, not {parts.scheme}://")
-
-    query: list[tuple[str, str]] = []
-    tls: dict[str, str] = {}
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in {"sslmode", "ssl"}:
-            if value not in _SSL_MODES | {"true", "false"}:
-                raise ValueError(f"DATABASE_URL: unsupported {name}={value!r}")
-            tls["sslmode"] = {"true": "require", "false": "disable"}.get(value, value)
-        elif name == "channel_binding":
-            if value not in _CHANNEL_BINDING:
-                raise ValueError(f"DATABASE_URL: unsupported channel_binding={value!r}")
-            tls[name] = value
-        elif name == "sslrootcert":
-            tls[name] = value
-        elif name not in _DROPPED_PARAMS:
-            query.append((name, value))
-    connect_args, tls_summary = _tls(**tls)
-
-    if statement_cache is None:
-        statement_cache = not is_pooler_host(parts.hostname or "")
-    dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
-    if not statement_cache:
-        connect_args["statement_cache_size"] = 0
-        query.append(("prepared_statement_cache_size", "0"))  # SQLAlchemy's own cache
-
-    url = urlunsplit(("postgresql+asyncpg", parts.netloc, parts.path, urlencode(query), ""))
-    return DatabaseTarget(url, dsn, connect_args, statement_cache, tls_summary)
-
-
-def _tls(
-    sslmode: str | None = None, channel_binding: str = "prefer", sslrootcert: str | None = None
-) -> tuple[dict[str, Any], str]:
-    """asyncpg's `ssl` argument for the URL's TLS parameters, and what it protects against.
-
-    asyncpg has no SCRAM channel binding, the protection `channel_binding=require` asks for
-    against a man in the middle. Dropping it would leave `sslmode=require`, which checks no
-    certificate. So such a URL gets what gives that protection instead: the server certificate
-    verified, host name included, against `sslrootcert` or the system trust store (where Neon's
-    publicly issued certificates chain to). `verify-ca`/`verify-full` are verified the same way
-    (asyncpg alone would demand ~/.postgresql/root.crt). Nothing the URL asks for is weakened.
-    """
-    if channel_binding == "require" and sslmode in {"disable", "allow", "prefer"}:
-        raise ValueError(f"DATABASE_URL: channel_binding=require needs TLS, not sslmode={sslmode}")
-    check_host = sslmode == "verify-full" or (
-        channel_binding == "require" and sslmode != "verify-ca"
-    )
-    # libpq verifies under sslmode=require too when it is given a root certificate.
-    verify = check_host or sslmode == "verify-ca" or (sslmode == "require" and sslrootcert)
-    if not verify:
-        if sslmode is None:
-            return {}, DatabaseTarget.tls
-        unverified = " (encrypted; the server certificate is NOT verified)"
-        return {"ssl": sslmode}, f"sslmode={sslmode}" + (unverified if sslmode == "require" else "")
-    # libpq's rule: sslrootcert=system, or none given, means the system's trust store.
-    cafile = sslrootcert if sslrootcert not in (None, "system") else None
-    try:
-        context = ssl.create_default_context(cafile=cafile)
-    except OSError as exc:
-        raise ValueError(f"DATABASE_URL: sslrootcert={cafile} cannot be read ({exc})") from exc
-    context.check_hostname = check_host
-    trust = cafile or "the system trust store"
-    checked = "certificate and host name" if check_host else "certificate"
-    return {"ssl": context}, f"verified: server {checked} checked against {trust}"
 
 
 class Database:
@@ -226,7 +127,8 @@ class Database:
                 # one is bounded by DB_CONNECT_TIMEOUT_SECONDS.
                 return await self.pool.acquire()
             except Exception as exc:
-                if not is_database_outage(exc) or loop.time() + delay > deadline:
+                unreachable = database_trouble(exc) is Trouble.UNREACHABLE
+                if not unreachable or loop.time() + delay > deadline:
                     raise
                 logger.info("database unreachable (%s); retry in %.2f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
@@ -281,8 +183,16 @@ class Sql:
         ]
 
 
+class Trouble(enum.Enum):
+    """Why the database could not serve a request that was itself fine (each is a 503)."""
+
+    UNREACHABLE = "unreachable"  # not reached, or lost mid-statement: worth retrying a connect
+    BUSY = "busy"  # up, but a lock or statement timeout, a deadlock or a cancel stopped us
+    REFUSED = "refused"  # it turned us away: password, role, privileges, database name
+
+
 # asyncpg's ways of saying "the server is not serving us now" (as opposed to "your SQL failed").
-_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+_UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,  # refused, reset, no such socket, unreachable
     TimeoutError,  # no pooled connection came free, or the server did not answer, in time
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08
@@ -292,21 +202,35 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.ConnectionDoesNotExistError,  # "connection was closed in the middle of operation"
 )
+_BUSY: tuple[type[BaseException], ...] = (
+    asyncpg.LockNotAvailableError,  # lock_timeout: another transaction (a migration) holds a lock
+    asyncpg.QueryCanceledError,  # statement_timeout, or an operator's pg_cancel_backend
+    asyncpg.TransactionRollbackError,  # class 40: deadlock, serialization failure
+)
+_REFUSED: tuple[type[BaseException], ...] = (
+    asyncpg.InvalidAuthorizationSpecificationError,  # 28000, and 28P01: the password
+    asyncpg.InvalidCatalogNameError,  # 3D000: no such database
+    asyncpg.InsufficientPrivilegeError,  # 42501: the role may not use our tables
+)
 
 
-def is_database_outage(exc: BaseException) -> bool:
-    """True when the database could not be reached, as opposed to a statement that failed."""
+def database_trouble(exc: BaseException) -> Trouble | None:
+    """Why the database could not serve us, or None when the statement itself failed (a bug)."""
     seen: BaseException | None = exc
     for _ in range(5):  # asyncpg's error may wrap the OSError underneath
         if seen is None:
             break
-        if isinstance(seen, _OUTAGE_ERRORS):
-            return True
+        if isinstance(seen, _UNREACHABLE):
+            return Trouble.UNREACHABLE
+        if isinstance(seen, _BUSY):
+            return Trouble.BUSY
+        if isinstance(seen, _REFUSED):
+            return Trouble.REFUSED
         # asyncpg's other InterfaceErrors are misuse (wrong argument count...): bugs, not outages.
         if isinstance(seen, asyncpg.InterfaceError) and "connection is closed" in str(seen):
-            return True
+            return Trouble.UNREACHABLE
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
 
 
 # Development and test tooling, not the request path: not mutation-tested.

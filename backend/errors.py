@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.auth import TokenError
-from backend.db import is_database_outage
+from backend.db import Trouble, database_trouble
 from backend.middleware import current_request_id
 from backend.responses import JsonResponse, error_response
 
@@ -111,9 +111,19 @@ class DatabaseUnavailable(ApiError):
     status_code = 503
     code = "database_unavailable"
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str = "The database is unavailable; retry shortly.") -> None:
         super().__init__(detail)
         self.headers = {"Retry-After": RETRY_AFTER_SECONDS}
+
+
+class DatabaseBusy(DatabaseUnavailable):
+    code = "database_busy"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The database is busy (a lock or statement timeout); nothing was changed. "
+            "Retry shortly (a keyed write with the same Idempotency-Key)."
+        )
 
 
 async def _api_error(_: Request, exc: Exception) -> JsonResponse:
@@ -160,14 +170,15 @@ _UNPARSABLE_REASONS: Mapping[type[BaseException], str] = {
 
 
 async def _database_error(request: Request, exc: Exception) -> JsonResponse:
-    if not is_database_outage(exc):
+    trouble = database_trouble(exc)
+    if trouble is None:
         return await _unexpected_error(request, exc)
-    logger.warning("database unavailable: %r", exc)
-    return error_response(
-        503,
-        DatabaseUnavailable.code,
-        "The database is unavailable; retry shortly.",
-        {"Retry-After": RETRY_AFTER_SECONDS},
+    if trouble is Trouble.REFUSED:  # no retry mends it: the operator must
+        logger.error("the database refused this service (check DATABASE_URL): %r", exc)
+    else:
+        logger.warning("database %s: %r", trouble.value, exc)
+    return await _api_error(
+        request, DatabaseBusy() if trouble is Trouble.BUSY else DatabaseUnavailable()
     )
 
 

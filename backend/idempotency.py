@@ -36,6 +36,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     func,
+    null,
     select,
     true,
     tuple_,
@@ -64,7 +65,9 @@ Write = Callable[[Statements], Awaitable[Response]]
 _k = idempotency_keys.c
 _THIS_KEY = (_k.user_id == bindparam("owner_id")) & (_k.key == bindparam("key"))
 # The claim's SELECT sets how long it may wait on a concurrent claim of the same key; the
-# setting is made when the row is produced, before the insert can meet the other claim.
+# setting is made when the row is produced, before the insert can meet the other claim. The
+# bound is for the claim alone: RETURNING, computed once the row is in, resets it (NULL: the
+# session's own value), so the write after it waits for locks as any write does.
 _CLAIM = Sql.of(
     pg_insert(idempotency_keys)
     .from_select(
@@ -78,7 +81,7 @@ _CLAIM = Sql.of(
         ),
     )
     .on_conflict_do_nothing(index_elements=[_k.user_id, _k.key])
-    .returning(_k.created_at)
+    .returning(_k.created_at, func.set_config("lock_timeout", null(), true()))
 )
 _STORED = Sql.of(select(_k.fingerprint, _k.status, _k.headers, _k.body).where(_THIS_KEY))
 _EXPIRED = (

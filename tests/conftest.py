@@ -12,8 +12,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 Headers = dict[str, str]
 TokenFactory = Callable[..., str]
+ClientFactory = Callable[..., Awaitable[httpx.AsyncClient]]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -239,6 +240,28 @@ async def clean_tables(db: Database) -> AsyncIterator[None]:
 async def client(_shared_client: httpx.AsyncClient, clean_tables: None) -> httpx.AsyncClient:
     """The app's client; every test that uses it starts from empty tables."""
     return _shared_client
+
+
+@pytest.fixture
+async def make_client(settings: Settings, clean_tables: None) -> AsyncIterator[ClientFactory]:
+    """`await make_client(**changes)`: a client of a new app whose settings differ by `changes`
+    (set as given: no validator runs), its lifespan started; all closed after the test."""
+    async with AsyncExitStack() as stack:
+
+        async def make(**changes: Any) -> httpx.AsyncClient:
+            app = create_app(settings.model_copy(update=changes))
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            transport = httpx.ASGITransport(app)
+            client = httpx.AsyncClient(transport=transport, base_url="http://testserver")
+            return await stack.enter_async_context(client)
+
+        yield make
+
+
+def with_query(url: str, **parameters: str) -> str:
+    """`url` with these query parameters added (asyncpg passes unknown ones to the server)."""
+    separator = "&" if "?" in url else "?"
+    return url + separator + "&".join(f"{name}={value}" for name, value in parameters.items())
 
 
 @pytest.fixture(scope="session")

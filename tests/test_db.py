@@ -1,4 +1,5 @@
-"""Database URLs as hosts hand them out (Neon's included) become asyncpg-ready targets."""
+"""The request path's database: statements compiled once, outages told from bugs, connections
+handed out in arrival order, and retries while the server is unreachable."""
 
 from __future__ import annotations
 
@@ -13,97 +14,8 @@ import pytest
 from sqlalchemy import bindparam, select
 
 from backend.config import Settings
-from backend.db import Database, DatabaseTarget, Sql, is_database_outage, normalise_url
+from backend.db import Database, Sql, Trouble, database_trouble
 from backend.models import tasks
-
-NEON_POOLED = (
-    "postgresql://alex:pw@ep-cool-darkness-123456-pooler.eu-central-1.aws.neon.tech/neondb"
-    "?sslmode=require&channel_binding=require"
-)
-NEON_DIRECT = NEON_POOLED.replace("-pooler", "")
-
-
-VERIFIED = "verified: server certificate and host name checked against the system trust store"
-UNVERIFIED = "sslmode=require (encrypted; the server certificate is NOT verified)"
-
-
-@pytest.mark.parametrize(
-    ("raw", "url", "tls", "statement_cache"),
-    [
-        (
-            NEON_POOLED,
-            "postgresql+asyncpg://alex:pw@ep-cool-darkness-123456-pooler.eu-central-1.aws.neon.tech"
-            "/neondb?prepared_statement_cache_size=0",
-            VERIFIED,
-            False,
-        ),
-        (
-            NEON_DIRECT,
-            "postgresql+asyncpg://alex:pw@ep-cool-darkness-123456.eu-central-1.aws.neon.tech/neondb",
-            VERIFIED,
-            True,
-        ),
-        (
-            "postgres://u:p@localhost:5432/app",
-            "postgresql+asyncpg://u:p@localhost:5432/app",
-            DatabaseTarget.tls,
-            True,
-        ),
-        ("postgresql+asyncpg://u@h/app", "postgresql+asyncpg://u@h/app", DatabaseTarget.tls, True),
-        (
-            "postgresql://postgres:@/postgres?host=/tmp/sock",
-            "postgresql+asyncpg://postgres:@/postgres?host=%2Ftmp%2Fsock",
-            DatabaseTarget.tls,
-            True,
-        ),
-        (
-            "postgresql://u@h/app?sslmode=disable",
-            "postgresql+asyncpg://u@h/app",
-            "sslmode=disable",
-            True,
-        ),
-        (
-            "postgresql://u@h/app?sslmode=verify-full",
-            "postgresql+asyncpg://u@h/app",
-            VERIFIED,
-            True,
-        ),
-        ("postgresql://u@h/app?ssl=true", "postgresql+asyncpg://u@h/app", UNVERIFIED, True),
-        ("postgresql://u@h/app?ssl=false", "postgresql+asyncpg://u@h/app", "sslmode=disable", True),
-    ],
-)
-def test_normalise_url(raw: str, url: str, tls: str, statement_cache: bool) -> None:
-    target = normalise_url(raw)
-    assert target.url == url
-    assert target.tls == tls
-    assert target.statement_cache is statement_cache
-    assert ("statement_cache_size" in target.connect_args) is not statement_cache
-    # asyncpg's own DSN: same host and database, libpq-only parameters gone.
-    assert target.dsn == url.replace("postgresql+asyncpg://", "postgresql://").replace(
-        "?prepared_statement_cache_size=0", ""
-    )
-
-
-def test_statement_cache_setting_overrides_the_host_guess() -> None:
-    assert normalise_url(NEON_POOLED, statement_cache=True).statement_cache is True
-    assert normalise_url("postgresql://u@h/app", statement_cache=False).statement_cache is False
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        "mysql://u@h/db",
-        "postgresql://u@h/db?sslmode=sometimes",
-        "sqlite:///x.db",
-        "postgresql://u@h/db?channel_binding=always",
-        "postgresql://u@h/db?sslmode=disable&channel_binding=require",  # binding needs TLS
-        "postgresql://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
-        "postgresql://u@h/db?sslmode=",  # blank is not "unset": say so rather than guess
-    ],
-)
-def test_unsupported_urls_are_refused(raw: str) -> None:
-    with pytest.raises(ValueError, match="DATABASE_URL"):
-        normalise_url(raw)
 
 
 def test_compiled_statements_keep_their_literal_values() -> None:
@@ -118,24 +30,39 @@ def test_compiled_statements_keep_their_literal_values() -> None:
         sql.args({})
 
 
+def _wrapped(error: BaseException) -> BaseException:
+    outer: BaseException = asyncpg.InterfaceError("wrapper")
+    outer.__cause__ = error
+    return outer
+
+
 @pytest.mark.parametrize(
-    ("error", "outage"),
+    ("error", "trouble"),
     [
-        (ConnectionRefusedError(), True),
-        (TimeoutError(), True),
-        (asyncpg.CannotConnectNowError("starting up"), True),
-        (asyncpg.ConnectionDoesNotExistError("closed mid-operation"), True),
-        (asyncpg.InterfaceError("connection is closed"), True),
+        (ConnectionRefusedError(), Trouble.UNREACHABLE),
+        (TimeoutError(), Trouble.UNREACHABLE),
+        (asyncpg.CannotConnectNowError("starting up"), Trouble.UNREACHABLE),
+        (asyncpg.ConnectionDoesNotExistError("closed mid-operation"), Trouble.UNREACHABLE),
+        (asyncpg.InterfaceError("connection is closed"), Trouble.UNREACHABLE),
+        (_wrapped(ConnectionResetError()), Trouble.UNREACHABLE),
+        (asyncpg.LockNotAvailableError("lock timeout"), Trouble.BUSY),
+        (asyncpg.QueryCanceledError("statement timeout"), Trouble.BUSY),
+        (asyncpg.DeadlockDetectedError("deadlock detected"), Trouble.BUSY),
+        (asyncpg.SerializationError("could not serialize"), Trouble.BUSY),
+        (asyncpg.InvalidPasswordError("password authentication failed"), Trouble.REFUSED),
+        (asyncpg.InvalidAuthorizationSpecificationError("no such role"), Trouble.REFUSED),
+        (asyncpg.InvalidCatalogNameError("no such database"), Trouble.REFUSED),
+        (asyncpg.InsufficientPrivilegeError("permission denied for table"), Trouble.REFUSED),
         (
             asyncpg.InterfaceError("the server expects 2 arguments for this query, 1 was passed"),
-            False,
+            None,
         ),
-        (asyncpg.UniqueViolationError("duplicate key"), False),
-        (ValueError("bug"), False),
+        (asyncpg.UniqueViolationError("duplicate key"), None),
+        (ValueError("bug"), None),
     ],
 )
-def test_outage_or_bug(error: BaseException, outage: bool) -> None:
-    assert is_database_outage(error) is outage
+def test_trouble_or_bug(error: BaseException, trouble: Trouble | None) -> None:
+    assert database_trouble(error) is trouble
 
 
 async def test_connections_are_handed_out_in_arrival_order(settings: Settings) -> None:

@@ -21,11 +21,20 @@ import pytest
 from backend.config import Settings
 from backend.db import EmbeddedPostgres
 from backend.main import create_app
-from tests.conftest import SECRET, bearer, run_alembic
+from tests.conftest import (
+    SECRET,
+    ClientFactory,
+    Database,
+    Headers,
+    bearer,
+    run_alembic,
+    with_query,
+)
 
 WORKERS = 8
 RUN_SECONDS = 9.0
 CRASH_AT, OUTAGE_SECONDS = 2.0, 2.5
+TASKS = "/api/alice/tasks"
 REQUEST_TIMEOUT = 15.0  # far above the connect budget: hitting it means a hung request
 
 
@@ -153,3 +162,73 @@ async def test_postgres_crash_and_restart_under_load(
     # Retried until answered: every create the clients meant exists, and exactly once.
     assert ledger.retries > 0
     assert sorted(stored.values()) == sorted(ledger.intended)
+
+
+async def test_a_write_behind_a_lock_timeout_is_503_busy_and_changes_nothing(
+    make_client: ClientFactory, direct_database_url: str, db: Database, alice: Headers
+) -> None:
+    """An operator's transaction holds the task row past the database's own lock_timeout (set
+    on the role or database in production; in the URL here): the database is busy, not broken."""
+    client = await make_client(database_url=with_query(direct_database_url, lock_timeout="200"))
+    location = (await client.post(TASKS, headers=alice, json={"title": "t"})).headers["Location"]
+    holder = await asyncpg.connect(db.url)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM tasks FOR UPDATE")
+            renamed = await client.put(location, headers=alice, json={"title": "renamed"})
+            keyed = alice | {"Idempotency-Key": "k"}
+            toggled = await client.patch(f"{location}/complete", headers=keyed)
+    finally:
+        await holder.close()
+    for response in (renamed, toggled):
+        assert response.status_code == 503
+        assert response.json()["code"] == "database_busy"
+        assert response.headers["Retry-After"] == "2"
+    assert await db.fetch("SELECT title, completed, version FROM tasks") == [("t", False, 1)]
+    assert await db.fetch("SELECT count(*) FROM idempotency_keys") == [(0,)]
+    # The same key, once the lock is gone: the toggle happens, once.
+    retried = await client.patch(f"{location}/complete", headers=keyed)
+    assert (retried.status_code, retried.json()["completed"]) == (200, True)
+
+
+@pytest.fixture(scope="module")
+def password_role(postgres: EmbeddedPostgres) -> Iterator[str]:
+    """A role that must give its password ("right"), as on a hosted database: its URL without
+    one. The test server trusts everyone else; its pg_hba.conf is put back afterwards."""
+    hba = postgres.data_dir / "pg_hba.conf"
+    trusting = hba.read_text()
+    hba.write_text("local all pw_user scram-sha-256\n" + trusting)
+    admin = Database(postgres.url())
+    asyncio.run(
+        admin.execute(
+            "CREATE ROLE pw_user LOGIN PASSWORD 'right' IN ROLE pg_read_all_data; "
+            "SELECT pg_reload_conf()"
+        )
+    )
+    try:
+        yield postgres.url().replace("postgres:@", "pw_user@", 1)
+    finally:
+        hba.write_text(trusting)
+        asyncio.run(admin.execute("DROP ROLE pw_user; SELECT pg_reload_conf()"))
+
+
+async def test_a_refused_password_is_503_and_an_error_an_operator_reads(
+    make_client: ClientFactory,
+    password_role: str,
+    alice: Headers,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    wrong = password_role.replace("pw_user@", "pw_user:wrong@")
+    client = await make_client(database_url=wrong, db_connect_budget_seconds=5)
+    started = time.monotonic()
+    response = await client.get(TASKS, headers=alice)
+    assert response.status_code == 503
+    assert response.json()["code"] == "database_unavailable"
+    assert response.headers["Retry-After"] == "2"
+    assert time.monotonic() - started < 2  # a wrong password is not retried for the budget
+    [logged] = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
+    assert "the database refused this service (check DATABASE_URL): InvalidPasswordError" in logged
+    assert "wrong" not in logged
+    # The right password: served.
+    right = await make_client(database_url=password_role.replace("pw_user@", "pw_user:right@"))
+    assert (await right.get(TASKS, headers=alice)).status_code == 200

