@@ -26,7 +26,9 @@ from backend.models import MAX_ID
 
 # Per-user data: a browser may keep it, but must ask (with If-None-Match) before reusing it.
 CACHE_CONTROL = "private, no-cache"
-_ENTITY_TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|$)')
+# RFC 9110 5.6.1.2: empty list elements (", x", "x,, y") are accepted and ignored.
+_ELEMENT_START = re.compile(r"[^\s,]")
+_ENTITY_TAG = re.compile(r'(W/)?"([\x21\x23-\x7e\x80-\xff]*)"[ \t]*(?:,|$)')
 _TASK_TAG = re.compile(r"([1-9][0-9]{0,18})\.([1-9][0-9]{0,18})")
 
 
@@ -48,6 +50,16 @@ class _Tags:
     any: bool
     tags: Sequence[tuple[bool, str]] = ()
 
+    def versions_of(self, task_id: int, *, weak: bool) -> list[int]:
+        """The versions of task `task_id` these tags name; weak tags too when `weak` (the weak
+        comparison of If-None-Match), never for the strong one of If-Match."""
+        versions = []
+        for is_weak, opaque in self.tags:
+            match = None if is_weak and not weak else _TASK_TAG.fullmatch(opaque)
+            if match and int(match[1]) == task_id and int(match[2]) <= MAX_ID:
+                versions.append(int(match[2]))
+        return versions
+
 
 def _parse(headers: Headers, name: str) -> _Tags | None:
     values = headers.getlist(name)
@@ -58,9 +70,9 @@ def _parse(headers: Headers, name: str) -> _Tags | None:
         return _Tags(any=True)
     tags: list[tuple[bool, str]] = []
     position = 0
-    while position < len(value):
-        match = _ENTITY_TAG.match(value, position)
-        if match is None or match.end() == position:
+    while (element := _ELEMENT_START.search(value, position)) is not None:
+        match = _ENTITY_TAG.match(value, element.start())
+        if match is None:
             raise InvalidPrecondition(
                 f"{name} must be * or a list of quoted entity tags, as the ETag header gives them."
             )
@@ -71,26 +83,49 @@ def _parse(headers: Headers, name: str) -> _Tags | None:
     return _Tags(any=False, tags=tags)
 
 
-def if_match_versions(headers: Headers, task_id: int) -> list[int] | None:
-    """The versions of task `task_id` that `If-Match` accepts, or None when it asks for nothing
-    (absent, or `*`: the task must exist, which every write checks anyway).
+@dataclass(frozen=True, slots=True)
+class Preconditions:
+    """What If-Match and If-None-Match ask of a write to one task, in terms its WHERE checks:
+    the task's version must be one of `versions` (None: any) and none of `excluded`."""
 
-    An empty list is a precondition no version meets. Strong comparison: a weak tag never
-    matches, nor does another task's tag.
+    versions: list[int] | None = None
+    excluded: list[int] | None = None
+
+    @property
+    def asked(self) -> bool:
+        """Whether a write that found no row may have been refused by these (a 412)."""
+        return self.versions is not None or self.excluded is not None
+
+
+NONE = Preconditions()
+
+
+def preconditions(headers: Headers, task_id: int) -> Preconditions:
+    """If-Match and If-None-Match of a write to task `task_id` (RFC 9110 13.1.1, 13.1.2), parsed
+    before any database work (400 when malformed).
+
+    If-Match compares strongly: a weak tag, or another task's, never matches; `*` asks only
+    that the task exist, which every write checks anyway. If-None-Match compares weakly; `*`
+    refuses any existing task (no version is acceptable), as a listed current tag does.
     """
-    parsed = _parse(headers, "If-Match")
-    if parsed is None or parsed.any:
-        return None
-    versions = []
-    for weak, opaque in parsed.tags:
-        match = None if weak else _TASK_TAG.fullmatch(opaque)
-        if match and int(match[1]) == task_id and int(match[2]) <= MAX_ID:
-            versions.append(int(match[2]))
-    return versions
+    if_match, if_none_match = _parse(headers, "If-Match"), _parse(headers, "If-None-Match")
+    if if_match is None and if_none_match is None:
+        return NONE
+    versions = None
+    if if_match is not None and not if_match.any:
+        versions = if_match.versions_of(task_id, weak=False)
+    excluded = None
+    if if_none_match is not None:
+        if if_none_match.any:
+            versions = []
+        else:
+            excluded = if_none_match.versions_of(task_id, weak=True)
+    return Preconditions(versions, excluded)
 
 
 def if_none_match(headers: Headers) -> _Tags | None:
-    """The request's If-None-Match, parsed before any database work (400 when malformed)."""
+    """The request's If-None-Match for a read, parsed before any database work (400 when
+    malformed)."""
     return _parse(headers, "If-None-Match")
 
 

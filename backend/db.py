@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeAlias
 
 import asyncpg
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
@@ -30,6 +30,9 @@ from backend.config import DatabaseSettings
 from backend.database_url import normalise_url
 
 logger = logging.getLogger("backend.db")
+
+# asyncpg's Record, as what it is to callers: a read-only mapping of column to value.
+Row: TypeAlias = Mapping[str, Any]
 
 
 class Database:
@@ -94,15 +97,16 @@ class Database:
         finally:
             self._gate.release()
 
-    async def fetchrow(self, sql: Sql, parameters: Mapping[str, object]) -> asyncpg.Record | None:
+    async def fetchrow(self, sql: Sql, parameters: Mapping[str, object]) -> Row | None:
         """Run one statement; its first row, or None."""
         async with self.connection() as connection:
-            return await connection.fetchrow(sql.sql, *sql.args(parameters))
+            row: Row | None = await connection.fetchrow(sql.sql, *sql.args(parameters))
+            return row
 
-    async def fetch(self, sql: Sql, parameters: Mapping[str, object]) -> list[asyncpg.Record]:
+    async def fetch(self, sql: Sql, parameters: Mapping[str, object]) -> list[Row]:
         """Run one statement; all its rows."""
         async with self.connection() as connection:
-            rows: list[asyncpg.Record] = await connection.fetch(sql.sql, *sql.args(parameters))
+            rows: list[Row] = await connection.fetch(sql.sql, *sql.args(parameters))
             return rows
 
     @asynccontextmanager
@@ -138,7 +142,7 @@ class Database:
 class Statements(Protocol):
     """What a route runs its statements on: `Database` (each in autocommit) or a `Transaction`."""
 
-    async def fetchrow(self, sql: Sql, parameters: Mapping[str, object]) -> asyncpg.Record | None:
+    async def fetchrow(self, sql: Sql, parameters: Mapping[str, object]) -> Row | None:
         """Run one statement; its first row, or None."""
 
 
@@ -148,8 +152,9 @@ class Transaction:
 
     connection: asyncpg.Connection
 
-    async def fetchrow(self, sql: Sql, parameters: Mapping[str, object]) -> asyncpg.Record | None:
-        return await self.connection.fetchrow(sql.sql, *sql.args(parameters))
+    async def fetchrow(self, sql: Sql, parameters: Mapping[str, object]) -> Row | None:
+        row: Row | None = await self.connection.fetchrow(sql.sql, *sql.args(parameters))
+        return row
 
 
 async def _keep_session(_: asyncpg.Connection) -> None:

@@ -11,6 +11,7 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from backend.auth import TokenError
 from backend.db import Trouble, database_trouble
@@ -81,7 +82,7 @@ class IdempotencyKeyReused(ApiError):
 
     def __init__(self) -> None:
         super().__init__(
-            "This Idempotency-Key was used for a different request (method, path or body); "
+            "This Idempotency-Key was used for a different request (endpoint, task or body); "
             "use a new key for a new request."
         )
 
@@ -147,7 +148,7 @@ async def _validation_error(_: Request, exc: Exception) -> JsonResponse:
     return error_response(422, "validation_error", f"Invalid request: {summary}", errors=errors)
 
 
-async def _http_error(_: Request, exc: Exception) -> JsonResponse:
+async def _http_error(request: Request, exc: Exception) -> JsonResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, _UNPARSABLE_BODY):
         # FastAPI answers 400 when json.loads fails with anything but JSONDecodeError (bad
@@ -159,9 +160,29 @@ async def _http_error(_: Request, exc: Exception) -> JsonResponse:
             422, "validation_error", f"Invalid request: body: {reason}", errors=[error]
         )
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:  # Starlette names the first route's methods only
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+    return error_response(exc.status_code, code, str(exc.detail), headers)
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (RFC 9110 15.5.6), HEAD wherever GET is.
+    Asked of the routes themselves, one method at a time: a 405 is rare, routing is not."""
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    if "GET" in allowed:
+        allowed.append("HEAD")
+    return ", ".join(sorted(allowed))
+
+
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
 _UNPARSABLE_BODY = (UnicodeDecodeError, RecursionError, ValueError)
 _UNPARSABLE_REASONS: Mapping[type[BaseException], str] = {
     UnicodeDecodeError: "not valid UTF-8",

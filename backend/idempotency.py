@@ -6,7 +6,7 @@ never kept without its write, nor a write without its key, whatever crashes when
 
 - Same user, key and request again: the stored response, byte for byte, with
   `Idempotent-Replayed: true`; nothing is written.
-- Same key, another request (method, path or body): 422 `idempotency_key_reused`.
+- Same key, another request (endpoint, task or body): 422 `idempotency_key_reused`.
 - Same key while the first is still running: the claim waits on the first transaction's
   uncommitted row, then replays its response (or claims the key, if the first failed); after
   IDEMPOTENCY_WAIT_SECONDS it gives up with 409 `idempotency_key_in_flight`.
@@ -123,25 +123,32 @@ def key_of(headers: Headers) -> str | None:
     return value
 
 
-def fingerprint(method: str, path: str, body: BaseModel | None) -> bytes:
-    """What makes two requests the same one: method, path and the body as validated (so the
-    same fields in another order or spacing are the same request)."""
-    digest = hashlib.sha256(f"{method} {path}\n".encode())
+def fingerprint(operation: str, body: BaseModel | None) -> bytes:
+    """What makes two requests the same one: the operation as routed (`toggle 5`: `/tasks/05`
+    is task 5 too) and the body as validated (the same fields in another order or spacing are
+    the same request)."""
+    digest = hashlib.sha256(f"{operation}\n".encode())
     if body is not None:
         digest.update(body.model_dump_json().encode())  # fields in declaration order
     return digest.digest()
 
 
 async def once(
-    request: Request, database: Database, owner_id: str, body: BaseModel | None, write: Write
+    request: Request,
+    database: Database,
+    owner_id: str,
+    operation: str,
+    body: BaseModel | None,
+    write: Write,
 ) -> Response:
     """`write`'s response. Without an Idempotency-Key, `write` runs as any request does; with
-    one, at most once per (owner, key), and a retry gets the stored response."""
+    one, at most once per (owner, key), and a retry gets the stored response. `operation`
+    names the endpoint and its validated path parameters, e.g. `toggle 5`."""
     key = key_of(request.headers)
     if key is None:
         return await write(database)
     this_key = {"owner_id": owner_id, "key": key}
-    request_fingerprint = fingerprint(request.method, request.url.path, body)
+    request_fingerprint = fingerprint(operation, body)
     async with database.transaction() as transaction:
         try:
             wait_seconds = request.app.state.settings.idempotency_wait_seconds

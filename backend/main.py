@@ -18,7 +18,7 @@ from backend.config import Settings, get_settings
 from backend.db import Database, EmbeddedPostgres, embedded_data_dir
 from backend.errors import install_error_handlers
 from backend.logs import configure_logging
-from backend.middleware import RequestIdMiddleware, RequestLimitsMiddleware
+from backend.middleware import HeadMiddleware, RequestIdMiddleware, RequestLimitsMiddleware
 from backend.ratelimit import RateLimiter
 from backend.routes import health, tasks
 
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     install_error_handlers(app)
 
+    app.add_middleware(HeadMiddleware)  # innermost of ours: every layer outside sees HEAD
     app.add_middleware(
         RequestLimitsMiddleware, max_body_bytes=MAX_BODY_BYTES, max_header_bytes=MAX_HEADER_BYTES
     )

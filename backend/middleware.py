@@ -1,4 +1,5 @@
-"""Plain ASGI middleware (BaseHTTPMiddleware costs throughput): request ids, JSON-only bodies."""
+"""Plain ASGI middleware (BaseHTTPMiddleware costs throughput): request ids, JSON-only bodies,
+HEAD answered as GET."""
 
 from __future__ import annotations
 
@@ -122,3 +123,26 @@ def _is_json(content_type: str) -> bool:
     return media_type == "application/json" or (
         media_type.startswith("application/") and media_type.endswith("+json")
     )
+
+
+class HeadMiddleware:
+    """HEAD is GET without the body (RFC 9110 9.3.2): every GET route answers it, /healthz
+    included, with the GET's status and headers, Content-Length and ETag among them. Load
+    balancers and uptime checkers send HEAD. Requests of any other method pass untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_without_body)

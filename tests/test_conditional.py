@@ -258,3 +258,60 @@ async def test_two_tabs_editing_one_task_exactly_one_wins(
     assert statuses == [200] + [412] * 7
     (winner,) = [r for r in responses if r.status_code == 200]
     assert await db.fetch("SELECT title, version FROM tasks") == [(winner.json()["title"], 2)]
+
+
+@pytest.mark.parametrize("method", WRITES)
+@pytest.mark.parametrize("if_none_match", ["*", "{etag}", "W/{etag}", '"0.1", {etag}'])
+async def test_if_none_match_naming_the_current_task_refuses_a_write_with_412(
+    client: httpx.AsyncClient, db: Database, alice: Headers, method: str, if_none_match: str
+) -> None:
+    """RFC 9110 13.1.2: for methods other than GET and HEAD, a false If-None-Match is a 412 and
+    the method is not performed (`*`: the task exists; a tag: weak comparison)."""
+    created = await _create(client, alice)
+    header = if_none_match.format(etag=created.headers["ETag"])
+    before = await db.fetch("SELECT title, completed, version FROM tasks")
+    response = await client.request(
+        **_write(method, created.headers["Location"]), headers=alice | {"If-None-Match": header}
+    )
+    assert response.status_code == 412, header
+    assert response.json()["code"] == "precondition_failed"
+    assert await db.fetch("SELECT title, completed, version FROM tasks") == before
+
+
+@pytest.mark.parametrize("method", WRITES)
+async def test_if_none_match_naming_another_version_lets_the_write_happen(
+    client: httpx.AsyncClient, alice: Headers, method: str
+) -> None:
+    created = await _create(client, alice)
+    task_id = created.json()["id"]
+    stale = f'"{task_id}.7", "{task_id + 1}.1"'  # another version, another task's tag
+    response = await client.request(
+        **_write(method, created.headers["Location"]), headers=alice | {"If-None-Match": stale}
+    )
+    assert response.status_code == (204 if method == "DELETE" else 200)
+
+
+@pytest.mark.parametrize("method", WRITES)
+async def test_if_none_match_star_on_a_missing_or_foreign_task_is_404(
+    client: httpx.AsyncClient, alice: Headers, bob: Headers, method: str
+) -> None:
+    bobs = (await client.post("/api/bob/tasks", headers=bob, json={"title": "b"})).json()["id"]
+    for task_id in (bobs, bobs + 1000):
+        response = await client.request(
+            **_write(method, f"{TASKS}/{task_id}"), headers=alice | {"If-None-Match": "*"}
+        )
+        assert (response.status_code, response.json()["code"]) == (404, "task_not_found")
+
+
+@pytest.mark.parametrize("layout", [", {etag}", '"0.1",, {etag}', "{etag}, ,", " ,{etag}"])
+async def test_empty_list_elements_are_ignored(
+    client: httpx.AsyncClient, alice: Headers, layout: str
+) -> None:
+    """RFC 9110 5.6.1.2: a recipient accepts and ignores empty list elements."""
+    created = await _create(client, alice)
+    url, etag = created.headers["Location"], created.headers["ETag"]
+    header = layout.format(etag=etag)
+    read = await client.get(url, headers=alice | {"If-None-Match": header})
+    assert read.status_code == 304, header
+    renamed = await client.put(url, headers=alice | {"If-Match": header}, json={"title": "x"})
+    assert renamed.status_code == 200, header

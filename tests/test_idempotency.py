@@ -14,6 +14,7 @@ import pytest
 from backend.config import Settings
 from backend.idempotency import fingerprint
 from backend.main import create_app
+from backend.models import CreateTask
 from tests.conftest import ClientFactory, Database, Headers
 
 TASKS = "/api/alice/tasks"
@@ -171,7 +172,7 @@ async def test_a_key_still_in_flight_is_409_then_the_retry_is_served(
             "INSERT INTO idempotency_keys (user_id, key, fingerprint) VALUES ($1, $2, $3)",
             "alice",
             "in-flight",
-            fingerprint("POST", TASKS, None),
+            fingerprint("create", CreateTask(title="t")),
         )
         headers = _keyed(alice, "in-flight")
         busy = await impatient.post(TASKS, headers=headers, json={"title": "t"})
@@ -312,3 +313,14 @@ async def test_a_keyed_write_waits_for_a_lock_past_the_key_wait_like_any_write(
         await holder.close()
     assert response.status_code == (200 if write == "toggle" else 201)
     assert await db.fetch("SELECT count(*) FROM idempotency_keys") == [(1,)]
+
+
+async def test_the_key_judges_the_task_as_routed_not_the_path_as_spelled(
+    client: httpx.AsyncClient, db: Database, alice: Headers
+) -> None:
+    task_id = (await client.post(TASKS, headers=alice, json={"title": "t"})).json()["id"]
+    headers = _keyed(alice, "toggle")
+    first = await client.patch(f"{TASKS}/{task_id}/complete", headers=headers)
+    again = await client.patch(f"{TASKS}/0{task_id}/complete", headers=headers)  # task 5 = 05
+    _same_response(first, again)
+    assert await db.fetch("SELECT completed, version FROM tasks") == [(True, 2)]

@@ -130,7 +130,7 @@ async def test_a_request_logs_json_with_its_id(
         assert (await client.get("/api/alice/tasks", headers=headers)).status_code == 503
     configure_logging("WARNING", "text")
     lines = [orjson.loads(line) for line in capfd.readouterr().err.splitlines() if line]
-    outage = [line for line in lines if line["msg"].startswith("database unavailable")]
+    outage = [line for line in lines if line["msg"].startswith("database unreachable")]
     assert outage
     assert outage[0]["request_id"] == "trace-7"
     assert outage[0]["level"] == "WARNING"

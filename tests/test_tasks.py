@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from urllib.parse import quote
 
 import httpx
+import pytest
 
-from tests.conftest import Database, Headers
+from tests.conftest import Database, Headers, bearer
 
 UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -188,3 +190,25 @@ async def test_the_first_page_starts_at_the_very_first_id(
     )
     listing = await client.get("/api/alice/tasks", headers=alice)
     assert [task["id"] for task in listing.json()] == [1]
+
+
+@pytest.mark.parametrize("user_id", ["a?b", "a#b", "john doe", "100%25", "üö"])
+async def test_location_and_link_encode_the_user_id(
+    client: httpx.AsyncClient, user_id: str
+) -> None:
+    """`sub` may be any string: every URL the API writes is one a client can follow as is."""
+    headers = bearer(user_id)
+    tasks = f"/api/{quote(user_id, safe='')}/tasks"
+    created = [await client.post(tasks, headers=headers, json={"title": f"t{i}"}) for i in range(2)]
+    location = created[0].headers["Location"]
+    assert location == f"{tasks}/{created[0].json()['id']}"
+    assert " " not in location
+    followed = await client.get(location, headers=headers)
+    assert (followed.status_code, followed.json()["user_id"]) == (200, user_id)
+
+    first = await client.get(f"{tasks}?limit=1", headers=headers)
+    next_page = re.fullmatch(r'<([^>]+)>; rel="next"', first.headers["Link"])
+    assert next_page is not None
+    second = await client.get(next_page[1], headers=headers)
+    assert second.status_code == 200
+    assert [task["id"] for task in second.json()] == [created[1].json()["id"]]

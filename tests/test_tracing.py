@@ -88,7 +88,7 @@ async def test_log_records_carry_the_trace_id(
 
     (server,) = _by_kind(exporter.get_finished_spans(), SpanKind.SERVER)
     lines = [orjson.loads(line) for line in capfd.readouterr().err.splitlines() if line]
-    (outage,) = [line for line in lines if line["msg"].startswith("database unavailable")]
+    (outage,) = [line for line in lines if line["msg"].startswith("database unreachable")]
     assert outage["request_id"] == "trace-me"
     assert outage["trace_id"] == format(server.context.trace_id, "032x")
 

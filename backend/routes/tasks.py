@@ -1,51 +1,35 @@
-"""The six task endpoints. Each is: validate -> one SQL statement -> response.
+"""The six task endpoints. Each is: validate -> one call of backend/crud.py -> response.
 
-Every statement filters by the owner's id, so another user's task is indistinguishable from a
-missing one (404) and ownership never costs a second query. Writes with `If-Match` carry the
-accepted versions in the same WHERE (backend/conditional.py); creates and toggles with an
+The SQL, owner-scoped in every WHERE, lives in crud.py; here are the HTTP parts: status codes,
+headers (ETag, Location, Link), and the OpenAPI description. Creates and toggles with an
 `Idempotency-Key` run inside backend/idempotency.py's transaction. Only a write that found no
-row asks a second question: was it missing (404), or ruled out by If-Match (412)?
+row asks a second question: was it missing (404), or ruled out by a precondition (412)?
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from functools import lru_cache
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response, status
-from sqlalchemy import BigInteger, any_, bindparam, delete, func, insert, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.sql.elements import ColumnElement
 
-from backend import idempotency
+from backend import crud, idempotency
 from backend.conditional import (
     CACHE_CONTROL,
-    if_match_versions,
+    Preconditions,
     if_none_match,
     not_modified,
     page_etag,
+    preconditions,
     task_etag,
 )
-from backend.db import Sql, Statements
+from backend.db import Row, Statements
 from backend.deps import DatabaseDep, OwnerDep, TaskId
 from backend.errors import ApiError, PreconditionFailed, TaskNotFound
-from backend.models import (
-    MAX_ID,
-    CreateTask,
-    ErrorOut,
-    TaskOut,
-    UpdateTask,
-    ValidationErrorOut,
-    tasks,
-    users,
-)
+from backend.models import MAX_ID, CreateTask, ErrorOut, TaskOut, UpdateTask, ValidationErrorOut
 from backend.responses import JsonResponse, dumps
 
 MAX_PAGE = 1000
-_COLUMNS = tuple(tasks.c[name] for name in TaskOut.model_fields)  # what a response holds
-_TASK_COLUMNS = (*_COLUMNS, tasks.c.version)  # a single task's response carries its ETag
 
 
 def _error(description: str, model: type = ErrorOut) -> dict[str, Any]:
@@ -105,75 +89,23 @@ _TASK_OK: dict[int | str, dict[str, Any]] = {200: {"headers": _ETAG}}
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=_AUTH_ERRORS)
 
 
-# The statements: SQLAlchemy Core over the SQLModel tables, compiled once to asyncpg SQL. Each is
-# scoped by the owner's id; per request only the parameters change.
-_OWNED = (tasks.c.id == bindparam("task_id")) & (tasks.c.user_id == bindparam("owner_id"))
-# If-Match: the write happens only while the task's version is one the client has seen.
-_MATCHED = _OWNED & (tasks.c.version == any_(bindparam("versions", type_=ARRAY(BigInteger))))
-_PAGE = (
-    select(*_COLUMNS)
-    .where(tasks.c.user_id == bindparam("owner_id"), tasks.c.id > bindparam("after_id"))
-    .order_by(tasks.c.id)
-    .limit(bindparam("rows"))
-)
-_READ = Sql.of(select(*_TASK_COLUMNS).where(_OWNED))
-_CREATE = Sql.of(
-    insert(tasks)
-    .values(
-        user_id=bindparam("owner_id"),
-        title=bindparam("new_title"),
-        description=bindparam("new_description"),
-    )
-    .returning(*_TASK_COLUMNS)
-    # The user row comes from the token, in the same statement (a no-op once it exists).
-    .add_cte(
-        pg_insert(users)
-        .values(
-            id=bindparam("owner_id"), email=bindparam("owner_email"), name=bindparam("owner_name")
-        )
-        .on_conflict_do_nothing(index_elements=[users.c.id])
-        .cte("provision_user")
-    )
-)
-_CHANGED = {"updated_at": func.now(), "version": tasks.c.version + 1}  # part of every change
-_WHERE = {False: _OWNED, True: _MATCHED}  # by "is there an If-Match to check?"
-
-
-def _toggle(where: ColumnElement[bool]) -> Sql:
-    change = update(tasks).where(where).values(completed=~tasks.c.completed, **_CHANGED)
-    return Sql.of(change.returning(*_TASK_COLUMNS))
-
-
-_TOGGLE = {guarded: _toggle(where) for guarded, where in _WHERE.items()}
-_DELETE = {
-    guarded: Sql.of(delete(tasks).where(where).returning(tasks.c.id))
-    for guarded, where in _WHERE.items()
-}
-_PAGE_BY_STATE = Sql.of(_PAGE.where(tasks.c.completed == bindparam("state")))
-_PAGES = {None: Sql.of(_PAGE), True: _PAGE_BY_STATE, False: _PAGE_BY_STATE}
-
-
-@lru_cache(maxsize=16)
-def _update(fields: tuple[str, ...], guarded: bool) -> Sql:
-    """PUT changes only the fields sent: one statement per combination, compiled on first use."""
-    changes: dict[str, Any] = {field: bindparam(f"set_{field}") for field in fields}
-    change = update(tasks).where(_WHERE[guarded]).values(**changes, **_CHANGED)
-    return Sql.of(change.returning(*_TASK_COLUMNS))
-
-
-def _task(
-    row: Mapping[str, Any], status_code: int = 200, headers: dict[str, str] | None = None
-) -> JsonResponse:
+def _task(row: Row, status_code: int = 200, headers: dict[str, str] | None = None) -> JsonResponse:
     task = dict(row)
     headers = {**(headers or {}), "ETag": task_etag(task["id"], task.pop("version"))}
     return JsonResponse(task, status_code, headers)
 
 
-async def _refusal(db: Statements, parameters: Mapping[str, Any]) -> ApiError:
-    """Why a write found no row: If-Match ruled out a task that exists (412), or no such task
-    for this user (404). Asked only after the write found nothing."""
-    task_id = parameters["task_id"]
-    if parameters["versions"] is not None and await db.fetchrow(_READ, parameters) is not None:
+def _path(request: Request, route: str, user_id: str, **parameters: str) -> str:
+    """A URL path of this API, the user id percent-encoded: `sub` may be any string."""
+    return str(request.app.url_path_for(route, user_id=quote(user_id, safe=""), **parameters))
+
+
+async def _refusal(
+    db: Statements, owner_id: str, task_id: int, conditions: Preconditions
+) -> ApiError:
+    """Why a write found no row: a precondition ruled out a task that exists (412), or no such
+    task for this user (404). Asked only after the write found nothing."""
+    if conditions.asked and await crud.exists(db, owner_id, task_id):
         return PreconditionFailed(task_id)
     return TaskNotFound(task_id)
 
@@ -196,17 +128,16 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = MAX_PAGE,
     after_id: Annotated[int, Query(ge=0, le=MAX_ID, description="Start after this id.")] = 0,
 ) -> Response:
-    page = _PAGES[completed]
     wanted = if_none_match(request.headers)
     # One extra row tells whether another page exists.
-    parameters = {"owner_id": user.id, "after_id": after_id, "rows": limit + 1, "state": completed}
-    rows = await database.fetch(page, parameters)
-
+    rows = await crud.list_page(
+        database, user.id, after_id=after_id, rows=limit + 1, completed=completed
+    )
     link = None
     if len(rows) > limit:
         rows = rows[:limit]
-        next_page = request.url.include_query_params(after_id=rows[-1]["id"])
-        link = f'<{next_page.path}?{next_page.query}>; rel="next"'
+        query = request.url.include_query_params(after_id=rows[-1]["id"]).query
+        link = f'<{_path(request, "list_tasks", user.id)}?{query}>; rel="next"'
     body = dumps([dict(row) for row in rows])
     etag = page_etag(body, link)
     if unchanged := not_modified(wanted, etag):
@@ -227,16 +158,12 @@ async def list_tasks(
 async def create_task(
     request: Request, body: CreateTask, user: OwnerDep, database: DatabaseDep
 ) -> Response:
-    parameters = {"owner_id": user.id, "owner_email": user.email, "owner_name": user.name}
-    parameters |= {"new_title": body.title, "new_description": body.description}
-
     async def create(db: Statements) -> Response:
-        row = await db.fetchrow(_CREATE, parameters)
-        assert row is not None  # INSERT ... RETURNING returns the row it inserted
-        location = request.app.url_path_for("read_task", user_id=user.id, task_id=str(row["id"]))
+        row = await crud.create(db, user, body.title, body.description)
+        location = _path(request, "read_task", user.id, task_id=str(row["id"]))
         return _task(row, status.HTTP_201_CREATED, {"Location": location})
 
-    return await idempotency.once(request, database, user.id, body, create)
+    return await idempotency.once(request, database, user.id, "create", body, create)
 
 
 @router.get(
@@ -251,7 +178,7 @@ async def read_task(
     request: Request, task_id: TaskId, user: OwnerDep, database: DatabaseDep
 ) -> Response:
     wanted = if_none_match(request.headers)
-    row = await database.fetchrow(_READ, {"task_id": task_id, "owner_id": user.id})
+    row = await crud.read(database, user.id, task_id)
     if row is None:
         raise TaskNotFound(task_id)
     if unchanged := not_modified(wanted, task_etag(task_id, row["version"])):
@@ -271,13 +198,19 @@ async def read_task(
 async def update_task(
     request: Request, task_id: TaskId, body: UpdateTask, user: OwnerDep, database: DatabaseDep
 ) -> Response:
-    changes = body.model_dump(exclude_unset=True)
-    versions = if_match_versions(request.headers, task_id)
-    parameters = {"task_id": task_id, "owner_id": user.id, "versions": versions}
-    parameters |= {f"set_{field}": value for field, value in changes.items()}
-    row = await database.fetchrow(_update(tuple(sorted(changes)), versions is not None), parameters)
+    conditions = preconditions(request.headers, task_id)
+    row = await crud.update(
+        database,
+        user.id,
+        task_id,
+        conditions,
+        title=body.title,
+        completed=body.completed,
+        description=body.description,
+        set_description="description" in body.model_fields_set,
+    )
     if row is None:
-        raise await _refusal(database, parameters)
+        raise await _refusal(database, user.id, task_id, conditions)
     return _task(row)
 
 
@@ -293,10 +226,9 @@ async def update_task(
 async def delete_task(
     request: Request, task_id: TaskId, user: OwnerDep, database: DatabaseDep
 ) -> Response:
-    versions = if_match_versions(request.headers, task_id)
-    parameters = {"task_id": task_id, "owner_id": user.id, "versions": versions}
-    if await database.fetchrow(_DELETE[versions is not None], parameters) is None:
-        raise await _refusal(database, parameters)
+    conditions = preconditions(request.headers, task_id)
+    if not await crud.delete(database, user.id, task_id, conditions):
+        raise await _refusal(database, user.id, task_id, conditions)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -313,13 +245,12 @@ async def delete_task(
 async def toggle_task(
     request: Request, task_id: TaskId, user: OwnerDep, database: DatabaseDep
 ) -> Response:
-    versions = if_match_versions(request.headers, task_id)
-    parameters = {"task_id": task_id, "owner_id": user.id, "versions": versions}
+    conditions = preconditions(request.headers, task_id)
 
     async def toggle(db: Statements) -> Response:
-        row = await db.fetchrow(_TOGGLE[versions is not None], parameters)
+        row = await crud.toggle(db, user.id, task_id, conditions)
         if row is None:
-            raise await _refusal(db, parameters)
+            raise await _refusal(db, user.id, task_id, conditions)
         return _task(row)
 
-    return await idempotency.once(request, database, user.id, None, toggle)
+    return await idempotency.once(request, database, user.id, f"toggle {task_id}", None, toggle)

@@ -1,0 +1,174 @@
+"""Every SQL statement the task endpoints run, behind one typed async function per operation.
+
+The statements are SQLAlchemy Core over the SQLModel tables, compiled once at import to
+asyncpg's `$n` form (`Sql`); per request only the parameters change. Each is scoped by the
+owner's id in its WHERE, so another user's task is indistinguishable from a missing one and
+ownership never costs a second query. If-Match / If-None-Match are checked in the same WHERE
+(`Preconditions`), so of two concurrent writes from one ETag exactly one wins.
+
+Routes call these and never build SQL or name bind parameters; this module knows nothing of
+HTTP. `db` is the pool (`Database`: each statement in autocommit) or a `Transaction`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    any_,
+    bindparam,
+    case,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+)
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import update as sql_update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from backend.auth import AuthUser
+from backend.conditional import Preconditions
+from backend.db import Database, Row, Sql, Statements
+from backend.models import TaskOut, tasks, users
+
+COLUMNS = tuple(tasks.c[name] for name in TaskOut.model_fields)  # what a response holds
+# A single task's response carries its ETag, made of its version.
+_TASK_COLUMNS = (*COLUMNS, tasks.c.version)
+
+_VERSIONS = ARRAY(BigInteger)
+_OWNED = (tasks.c.id == bindparam("task_id")) & (tasks.c.user_id == bindparam("owner_id"))
+# NULL means "not asked": one statement serves requests with and without the headers, and the
+# (user_id, id) index finds the row either way; the versions only filter that one row.
+_GUARDED = (
+    _OWNED
+    & or_(
+        bindparam("versions", type_=_VERSIONS).is_(None),
+        tasks.c.version == any_(bindparam("versions", type_=_VERSIONS)),
+    )
+    & ~func.coalesce(tasks.c.version == any_(bindparam("excluded", type_=_VERSIONS)), false())
+)
+_CHANGED = {"updated_at": func.now(), "version": tasks.c.version + 1}  # part of every change
+
+_PAGE = Sql.of(
+    select(*COLUMNS)
+    .where(
+        tasks.c.user_id == bindparam("owner_id"),
+        tasks.c.id > bindparam("after_id"),
+        or_(
+            bindparam("completed", type_=Boolean).is_(None),
+            tasks.c.completed == bindparam("completed", type_=Boolean),
+        ),
+    )
+    .order_by(tasks.c.id)
+    .limit(bindparam("rows"))
+)
+_READ = Sql.of(select(*_TASK_COLUMNS).where(_OWNED))
+_EXISTS = Sql.of(select(tasks.c.id).where(_OWNED))
+_CREATE = Sql.of(
+    insert(tasks)
+    .values(
+        user_id=bindparam("owner_id"),
+        title=bindparam("title"),
+        description=bindparam("description"),
+    )
+    .returning(*_TASK_COLUMNS)
+    # The user row comes from the token, in the same statement (a no-op once it exists).
+    .add_cte(
+        pg_insert(users)
+        .values(id=bindparam("owner_id"), email=bindparam("email"), name=bindparam("name"))
+        .on_conflict_do_nothing(index_elements=[users.c.id])
+        .cte("provision_user")
+    )
+)
+# PUT: omitted fields keep their value. A title or completed of NULL means "not sent" (neither
+# may be null); description may be set to null, so whether it was sent is a parameter of its own.
+_UPDATE = Sql.of(
+    sql_update(tasks)
+    .where(_GUARDED)
+    .values(
+        title=func.coalesce(bindparam("title"), tasks.c.title),
+        completed=func.coalesce(bindparam("completed", type_=Boolean), tasks.c.completed),
+        description=case(
+            (bindparam("set_description", type_=Boolean), bindparam("description")),
+            else_=tasks.c.description,
+        ),
+        **_CHANGED,
+    )
+    .returning(*_TASK_COLUMNS)
+)
+_TOGGLE = Sql.of(
+    sql_update(tasks)
+    .where(_GUARDED)
+    .values(completed=~tasks.c.completed, **_CHANGED)
+    .returning(*_TASK_COLUMNS)
+)
+_DELETE = Sql.of(sql_delete(tasks).where(_GUARDED).returning(tasks.c.id))
+
+
+def _guard(owner_id: str, task_id: int, conditions: Preconditions) -> dict[str, Any]:
+    return {
+        "owner_id": owner_id,
+        "task_id": task_id,
+        "versions": conditions.versions,
+        "excluded": conditions.excluded,
+    }
+
+
+async def list_page(
+    db: Database, owner_id: str, *, after_id: int, rows: int, completed: bool | None
+) -> list[Row]:
+    """Up to `rows` of the owner's tasks with ids above `after_id`, by id; only those with this
+    `completed` state unless it is None."""
+    parameters = {"owner_id": owner_id, "after_id": after_id, "rows": rows, "completed": completed}
+    return await db.fetch(_PAGE, parameters)
+
+
+async def read(db: Statements, owner_id: str, task_id: int) -> Row | None:
+    return await db.fetchrow(_READ, {"owner_id": owner_id, "task_id": task_id})
+
+
+async def exists(db: Statements, owner_id: str, task_id: int) -> bool:
+    return await db.fetchrow(_EXISTS, {"owner_id": owner_id, "task_id": task_id}) is not None
+
+
+async def create(db: Statements, owner: AuthUser, title: str, description: str | None) -> Row:
+    """A new task of `owner`, whose user row is made from the token's claims if it is new."""
+    parameters = {"owner_id": owner.id, "email": owner.email, "name": owner.name}
+    row = await db.fetchrow(_CREATE, parameters | {"title": title, "description": description})
+    assert row is not None  # INSERT ... RETURNING returns the row it inserted
+    return row
+
+
+async def update(
+    db: Statements,
+    owner_id: str,
+    task_id: int,
+    conditions: Preconditions,
+    *,
+    title: str | None = None,
+    completed: bool | None = None,
+    description: str | None = None,
+    set_description: bool = False,
+) -> Row | None:
+    """The task with the given fields changed (None: unchanged; `description` only when
+    `set_description`), or None when it is not the owner's or `conditions` rule it out."""
+    changes = {"title": title, "completed": completed}
+    changes |= {"description": description, "set_description": set_description}
+    return await db.fetchrow(_UPDATE, _guard(owner_id, task_id, conditions) | changes)
+
+
+async def toggle(
+    db: Statements, owner_id: str, task_id: int, conditions: Preconditions
+) -> Row | None:
+    """The task with `completed` flipped, atomically, or None (see `update`)."""
+    return await db.fetchrow(_TOGGLE, _guard(owner_id, task_id, conditions))
+
+
+async def delete(db: Statements, owner_id: str, task_id: int, conditions: Preconditions) -> bool:
+    """Whether the task was deleted (False: not the owner's, or `conditions` ruled it out)."""
+    return await db.fetchrow(_DELETE, _guard(owner_id, task_id, conditions)) is not None
