@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -31,9 +33,52 @@ def _split_commas(value: object) -> object:
     return value
 
 
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def web_origin(url: str) -> str:
+    """The origin of an http(s) URL as browsers and Better Auth (`new URL(url).origin`) write
+    it: scheme and host in lower case, no credentials, no default port; ValueError if `url`
+    is not an http(s) URL with a host."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:  # a port that is not a number, or out of range
+        raise ValueError(f"{url!r} has an invalid port") from exc
+    if scheme not in _DEFAULT_PORTS or not host:
+        raise ValueError(f"{url!r} is not an http(s) URL")
+    if "*" in host:
+        raise ValueError(f"{url!r}: wildcards are not origins; list each origin")
+    host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}:{port}"
+    return f"{scheme}://{host}"
+
+
+# Secrets published with Better Auth itself (its default, its test instance's): anyone can sign.
+_PUBLIC_SECRETS = frozenset(
+    {
+        "better-auth-secret-12345678901234567890",
+        "better-auth-secret-that-is-long-enough-for-validation-test",
+    }
+)
+_PLACEHOLDERS = ("changeme", "change-me", "change_me", "replace-me", "replaceme", "your-secret")
+MIN_SECRET_BITS = (
+    80  # as estimated below; 16 random bytes as hex score 88 and up, 32 as base64 ~190
+)
+
+
+def _estimated_bits(secret: str) -> float:
+    """A generous estimate of a secret's entropy: Shannon entropy of its characters, over its
+    shortest repeating block (`abcabc` counts as `abc`). Random secrets score far above
+    MIN_SECRET_BITS; `a` x 32, `ab` x 16 or a word repeated score below it."""
+    period = (secret + secret).find(secret, 1)  # the smallest period, where the string repeats
+    block = secret[:period] if len(secret) % period == 0 else secret
+    counts = Counter(block)
+    return -sum(n * math.log2(n / len(block)) for n in counts.values())
 
 
 class DatabaseSettings(BaseSettings):
@@ -86,6 +131,11 @@ class Settings(DatabaseSettings):
 
     metrics_enabled: bool = False
     metrics_token: SecretStr | None = None
+    # prometheus_client's own variable: where workers share their numbers (unset: chosen by us).
+    prometheus_multiproc_dir: Path | None = None
+    # OpenTelemetry's own variables: tracing is on when the endpoint is set (the `otel` extra).
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_service_name: str = "todo-api"
     rate_limit_per_minute: int = Field(default=0, ge=0)  # per user, per worker; 0 = off
     # How long a retry waits for a first request with the same Idempotency-Key to finish
     # before its 409. Below DB_COMMAND_TIMEOUT_SECONDS, so the wait ends in a 409, not a 503.
@@ -103,11 +153,18 @@ class Settings(DatabaseSettings):
 
     @field_validator("better_auth_secret")
     @classmethod
-    def _secret_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+    def _secret_is_not_guessable(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        how = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"BETTER_AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes; {how}")
+        if secret in _PUBLIC_SECRETS or any(word in secret.lower() for word in _PLACEHOLDERS):
+            raise ValueError(f"BETTER_AUTH_SECRET is a published default or a placeholder; {how}")
+        if _estimated_bits(secret) < MIN_SECRET_BITS:
             raise ValueError(
-                f"BETTER_AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes; "
-                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+                f"BETTER_AUTH_SECRET has almost no entropy (a repeated pattern); {how}"
             )
         return value
 
@@ -116,17 +173,23 @@ class Settings(DatabaseSettings):
     def _is_http_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in {"http", "https"} or not parts.netloc:
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        return value.rstrip("/")
+        web_origin(value)  # raises ValueError naming what is wrong
+        return value.strip().rstrip("/")
 
     @field_validator("cors_origins")
     @classmethod
-    def _no_wildcard_origin(cls, value: list[str]) -> list[str]:
-        if "*" in value:
-            raise ValueError("CORS_ORIGINS must list origins; '*' cannot be used with credentials")
-        return value
+    def _are_origins(cls, values: list[str]) -> list[str]:
+        """Each value exactly as a browser sends it in `Origin`, or one line saying why not: a
+        value the browser never sends (a path, a wildcard, `null`) would silently never match."""
+        origins = []
+        for value in values:
+            if value == "*":
+                raise ValueError("'*' cannot be used with credentials; list the origins")
+            origin = web_origin(value)
+            if urlsplit(value.strip()).path not in ("", "/"):
+                raise ValueError(f"{value!r} is a URL with a path; an origin is {origin}")
+            origins.append(origin)
+        return origins
 
     @model_validator(mode="after")
     def _wait_ends_before_the_command_timeout(self) -> Settings:
@@ -137,25 +200,31 @@ class Settings(DatabaseSettings):
             )
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_in_from_better_auth(cls, data: Any) -> Any:
+        """What the other token settings default to: Better Auth's base URL implies its JWKS URL
+        and, as its origin, the issuer and audience it signs; the algorithms follow from which
+        of the secret and the JWKS URL there are. Explicit values win."""
+        if not isinstance(data, dict):
+            return data
+        data = {name: value for name, value in data.items() if value not in ("", None)}
+        if (url := data.get("better_auth_url")) is not None:
+            origin = web_origin(str(url))  # a ValueError here is the URL's own, reported as such
+            base = str(url).strip().rstrip("/")
+            jwks = base + ("/jwks" if base.endswith("/api/auth") else "/api/auth/jwks")
+            data.setdefault("jwt_issuer", origin)
+            data.setdefault("jwt_audience", origin)
+            data.setdefault("better_auth_jwks_url", jwks)
+        if not data.get("jwt_algorithms"):
+            algorithms = ["HS256"] if "better_auth_secret" in data else []
+            if "better_auth_jwks_url" in data:
+                algorithms += BETTER_AUTH_ALGORITHMS
+            data["jwt_algorithms"] = algorithms
+        return data
+
     @model_validator(mode="after")
-    def _derive_token_settings(self) -> Settings:
-        # Better Auth uses the origin of its base URL as both issuer and audience.
-        if self.better_auth_url is not None:
-            origin = _origin(self.better_auth_url)
-            jwks = self.better_auth_url
-            jwks += "/jwks" if jwks.endswith("/api/auth") else "/api/auth/jwks"
-            object.__setattr__(self, "jwt_issuer", self.jwt_issuer or origin)
-            object.__setattr__(self, "jwt_audience", self.jwt_audience or origin)
-            object.__setattr__(self, "better_auth_jwks_url", self.better_auth_jwks_url or jwks)
-
-        if not self.jwt_algorithms:
-            defaults: list[str] = []
-            if self.better_auth_secret is not None:
-                defaults.append("HS256")
-            if self.better_auth_jwks_url is not None:
-                defaults.extend(BETTER_AUTH_ALGORITHMS)
-            object.__setattr__(self, "jwt_algorithms", defaults)
-
+    def _tokens_can_be_verified(self) -> Settings:
         if not self.jwt_algorithms:
             raise ValueError(
                 "no way to verify tokens: set BETTER_AUTH_SECRET (HS256) "

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.auth import TokenError
 from backend.db import Trouble, database_trouble
@@ -204,8 +205,12 @@ async def _database_error(request: Request, exc: Exception) -> JsonResponse:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JsonResponse:
+    return _internal_error(request.scope, exc)
+
+
+def _internal_error(scope: Scope, exc: Exception) -> JsonResponse:
     request_id = current_request_id()
-    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    logger.error("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
     return error_response(
         500,
         "internal_error",
@@ -213,6 +218,34 @@ async def _unexpected_error(request: Request, exc: Exception) -> JsonResponse:
         {"X-Request-ID": request_id},
         request_id=request_id,
     )
+
+
+class ErrorBoundaryMiddleware:
+    """An exception no handler took becomes our 500 here, inside the CORS layer, so a browser
+    can read its body and request id. (FastAPI's own catch-all answers outside every user
+    middleware, CORS included.) An error after the response began can only end the
+    connection: it is left to the server."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except Exception as exc:
+            if started:
+                raise
+            await _internal_error(scope, exc)(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -5,22 +5,30 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
+from starlette.middleware import Middleware
 
 from backend.auth import TokenVerifier
 from backend.config import Settings, get_settings
 from backend.db import Database, EmbeddedPostgres, embedded_data_dir
-from backend.errors import install_error_handlers
+from backend.errors import ErrorBoundaryMiddleware, install_error_handlers
 from backend.logs import configure_logging
-from backend.middleware import HeadMiddleware, RequestIdMiddleware, RequestLimitsMiddleware
+from backend.middleware import (
+    CorsMiddleware,
+    HeadMiddleware,
+    RequestIdMiddleware,
+    RequestLimitsMiddleware,
+)
 from backend.ratelimit import RateLimiter
 from backend.routes import health, tasks
+
+if TYPE_CHECKING:
+    from backend.metrics import Metrics
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 16 * 1024  # request line + headers; a Better Auth JWT is well under 2 KiB
@@ -32,10 +40,8 @@ logger = logging.getLogger("backend")
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     async with AsyncExitStack() as stack:
-        if settings.metrics_enabled:
-            from backend.metrics import worker_exited
-
-            stack.callback(worker_exited)  # this worker's live gauges leave with it
+        if app.state.metrics is not None:  # this worker's live gauges leave with it
+            stack.callback(app.state.metrics.worker_exited)
         database_url = settings.database_url
         if database_url is None:
             # Starting PostgreSQL blocks for a second or two: keep it off the event loop.
@@ -68,56 +74,50 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Without `settings`, they are read from the environment and `.env`."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    metrics = None
+    if settings.metrics_enabled:
+        # Imported only when on: it decides where several workers share their numbers.
+        from backend.metrics import Metrics, Workers
+
+        metrics = Metrics(Workers.of_this_process(settings.prometheus_multiproc_dir))
     app = FastAPI(
         title="Todo API",
         version="0.1.0",
         summary="Per-user tasks for a Better Auth web client.",
         lifespan=_lifespan,
+        middleware=_middleware(settings, metrics),  # outermost first
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     per_minute = settings.rate_limit_per_minute
     app.state.rate_limiter = RateLimiter(per_minute) if per_minute else None
     app.include_router(tasks.router)
     app.include_router(health.router)
     install_error_handlers(app)
-
-    app.add_middleware(HeadMiddleware)  # innermost of ours: every layer outside sees HEAD
-    app.add_middleware(
-        RequestLimitsMiddleware, max_body_bytes=MAX_BODY_BYTES, max_header_bytes=MAX_HEADER_BYTES
-    )
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_credentials=True,
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=[
-                "Authorization",
-                "Content-Type",
-                "X-Request-ID",
-                "If-Match",
-                "If-None-Match",
-                "Idempotency-Key",
-            ],
-            expose_headers=[
-                "Location",
-                "Link",
-                "X-Request-ID",
-                "Retry-After",
-                "ETag",
-                "Idempotent-Replayed",
-            ],
-            max_age=600,
-        )
-    if settings.metrics_enabled:
-        # Imported only when on: it decides where several workers share their numbers.
-        from backend.metrics import Metrics, MetricsMiddleware
-
-        token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
-        app.add_middleware(MetricsMiddleware, metrics=Metrics(), token=token)
-    app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+    if settings.otel_exporter_otlp_endpoint is not None:
         from backend import tracing  # the `otel` extra; never imported when tracing is off
 
-        tracing.instrument(app)
+        tracing.instrument(app, settings)
     return app
+
+
+def _middleware(settings: Settings, metrics: Metrics | None) -> list[Middleware]:
+    """The plain ASGI layers, outermost first; a feature that is off adds no layer."""
+    layers = [Middleware(RequestIdMiddleware)]  # every response carries the id
+    if metrics is not None:
+        from backend.metrics import MetricsMiddleware
+
+        token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        layers.append(Middleware(MetricsMiddleware, metrics=metrics, token=token))
+    if settings.cors_origins:
+        layers.append(Middleware(CorsMiddleware, allow_origins=settings.cors_origins))
+    layers += [
+        Middleware(ErrorBoundaryMiddleware),  # inside CORS: a browser can read a 500 too
+        Middleware(
+            RequestLimitsMiddleware,
+            max_body_bytes=MAX_BODY_BYTES,
+            max_header_bytes=MAX_HEADER_BYTES,
+        ),
+        Middleware(HeadMiddleware),
+    ]
+    return layers

@@ -3,69 +3,35 @@
 The numbers are prometheus_client's. One process keeps them in memory. Under `uvicorn
 --workers N` every worker writes them to files in a directory shared by the workers of that
 server run (prometheus_client's multiprocess mode), so a scrape answered by any worker reports
-the whole server's totals. The directory is named after the supervisor process and its start
-time, so a new run never inherits an old one's counts, and a worker removes the directories of
-supervisors that are gone. An operator's own PROMETHEUS_MULTIPROC_DIR (gunicorn, say) is used
-as given; wiping it between runs is then the operator's job, as prometheus_client documents.
+the whole server's totals.
 
-Labels are route templates, never raw paths: no user id or task id ever becomes a label.
+That directory is `<tmp>/todo-api-metrics-<uid>/<supervisor pid>-<its start time>`: a new run
+never inherits an old one's counts. Its parent is private to this user (0700) and is used only
+if it is a real directory of this user's that nobody else may write to, so no other local
+account can plant files or links where the workers write; inside it, only this user can make
+names. An operator's own PROMETHEUS_MULTIPROC_DIR (gunicorn, say) must pass the same checks;
+wiping it between runs is then the operator's job, as prometheus_client documents. A directory
+that fails them is not used: each worker then counts alone, and says so in an error line.
+
+Labels are route templates and known methods, never raw paths or raw methods: no user id,
+task id or invented method ever becomes a label. Nothing happens at import.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import logging
 import multiprocessing
 import os
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
 
-_DIRECTORY_PREFIX = "todo-api-metrics-"
-
-
-def _start_time(pid: int) -> str:
-    """When process `pid` started (Linux /proc, clock ticks since boot); "" where unknown."""
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-def _shared_directory() -> Path | None:
-    """Where this process's metrics go when several processes serve, else None (in memory)."""
-    if configured := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return Path(configured)
-    supervisor = multiprocessing.parent_process()  # uvicorn --workers spawns its workers
-    if supervisor is None or supervisor.pid is None:
-        return None
-    root = Path(tempfile.gettempdir())
-    for stale in root.glob(f"{_DIRECTORY_PREFIX}*"):
-        pid = stale.name.removeprefix(_DIRECTORY_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    directory = root / f"{_DIRECTORY_PREFIX}{supervisor.pid}-{_start_time(supervisor.pid)}"
-    directory.mkdir(mode=0o700, exist_ok=True)
-    return directory
-
-
-# prometheus_client picks in-memory or file-backed values when it is imported: decide first.
-SHARED_DIRECTORY = _shared_directory()
-if SHARED_DIRECTORY is not None:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(SHARED_DIRECTORY)
-
-import asyncpg  # noqa: E402
-from prometheus_client import (  # noqa: E402
+import asyncpg
+from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
@@ -74,13 +40,119 @@ from prometheus_client import (  # noqa: E402
     disable_created_metrics,
     generate_latest,
     multiprocess,
+    values,
 )
-from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.responses import error_response  # noqa: E402
+from backend.responses import error_response
+
+logger = logging.getLogger("backend.metrics")
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: unused
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_LIVE_GAUGES = "gauge_live*_*.db"  # prometheus_client's files of livesum/livemax... gauges
+
+
+class UnsafeDirectory(Exception):
+    """A metrics directory that someone else could write to."""
+
+
+def _process(pid: int) -> tuple[int, str] | None:
+    """Process `pid`'s parent and start time (clock ticks since boot), None if there is no such
+    process. Without /proc (not Linux) only whether it exists is known: (0, "")."""
+    try:
+        fields = (_PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), fields[19]
+    except (OSError, IndexError, ValueError):
+        if _PROC.is_dir():
+            return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # someone else's process: it exists
+        pass
+    return 0, ""
+
+
+_PROC = Path("/proc")
+
+
+def _checked(directory: Path, *, create: bool) -> Path:
+    """`directory`, made 0700 if `create` and absent, provided it is a real directory (not a
+    link) of this user's that no one else may write to."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+    try:
+        found = directory.lstat()
+    except OSError as exc:
+        raise UnsafeDirectory(f"{directory} cannot be used ({exc.strerror})") from exc
+    if not stat.S_ISDIR(found.st_mode):
+        raise UnsafeDirectory(f"{directory} is not a directory (a link, or a file)")
+    if found.st_uid != os.geteuid():
+        raise UnsafeDirectory(f"{directory} belongs to uid {found.st_uid}, not this user")
+    if found.st_mode & 0o022:
+        raise UnsafeDirectory(f"{directory} is writable by others (mode {found.st_mode:o})")
+    return directory
+
+
+class Workers:
+    """Where the workers of one server run share their numbers, and which of them are alive."""
+
+    def __init__(self, directory: Path, supervisor: int | None) -> None:
+        self.directory = directory
+        self.supervisor = supervisor  # None: an operator's directory, processes unknown
+
+    @classmethod
+    def of_this_process(cls, configured: Path | None) -> Workers | None:
+        """The shared directory for this process, or None: it serves alone (in memory)."""
+        try:
+            if configured is not None:
+                return cls(_checked(configured, create=False), None)
+            supervisor = multiprocessing.parent_process()  # uvicorn --workers spawns its workers
+            if supervisor is None or supervisor.pid is None:
+                return None
+            root = Path(tempfile.gettempdir()) / f"todo-api-metrics-{os.geteuid()}"
+            _checked(root, create=True)
+        except UnsafeDirectory as exc:
+            logger.error(
+                "metrics: not sharing numbers between workers, each counts alone: %s. "
+                "Remove it, or set PROMETHEUS_MULTIPROC_DIR to a directory of this user's.",
+                exc,
+            )
+            return None
+        for run in root.iterdir():  # runs whose supervisor is gone (or whose pid was reused)
+            pid, _, started = run.name.partition("-")
+            process = _process(int(pid)) if pid.isdigit() else None
+            if process is None or process[1] != started:
+                shutil.rmtree(run, ignore_errors=True)
+        supervisor_process = _process(supervisor.pid)
+        started = supervisor_process[1] if supervisor_process else ""
+        directory = root / f"{supervisor.pid}-{started}"
+        directory.mkdir(mode=0o700, exist_ok=True)  # in `root` only this user makes names
+        return cls(directory, supervisor.pid)
+
+    def share(self) -> None:
+        """Switch prometheus_client to files in the directory, before any metric is made."""
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.directory)  # read as files open
+        if not getattr(values.ValueClass, "_multiprocess", False):
+            values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+    def forget_dead(self) -> None:
+        """Drop the live gauges of workers that died without saying so (SIGKILL, the OOM killer):
+        a replaced worker must not count its connections forever."""
+        for path in self.directory.glob(_LIVE_GAUGES):
+            pid = path.stem.rpartition("_")[2]
+            if pid.isdigit() and not self._alive(int(pid)):
+                multiprocess.mark_process_dead(int(pid), path=str(self.directory))  # type: ignore[no-untyped-call]
+
+    def _alive(self, pid: int) -> bool:
+        process = _process(pid)
+        if process is None:
+            return False
+        # A reused pid belongs to someone else (0: where /proc cannot tell).
+        return self.supervisor is None or process[0] in (self.supervisor, 0)
 
 
 class Metrics:
@@ -90,7 +162,11 @@ class Metrics:
     a scrape collects every worker's files instead.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, workers: Workers | None) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: unused
+        self.workers = workers
+        if workers is not None:
+            workers.share()
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "http_requests",
@@ -124,6 +200,8 @@ class Metrics:
         self._pool_seen = (-1, -1)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        if method not in _METHODS:  # h11 passes any token as a method: one label for all
+            method = "other"
         if (counter := self._counted.get((method, route, status))) is None:
             counter = self._counted[method, route, status] = self.requests.labels(
                 method, route, str(status)
@@ -142,17 +220,17 @@ class Metrics:
             self.idle.set(seen[1])
 
     def render(self) -> bytes:
-        if SHARED_DIRECTORY is None:
+        if self.workers is None:
             return generate_latest(self.registry)
+        self.workers.forget_dead()
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(SHARED_DIRECTORY))  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(registry, path=str(self.workers.directory))  # type: ignore[no-untyped-call]
         return generate_latest(registry)
 
-
-def worker_exited() -> None:
-    """A worker's live gauges leave with it (its counters stay: totals never go down)."""
-    if SHARED_DIRECTORY is not None:
-        multiprocess.mark_process_dead(os.getpid(), path=str(SHARED_DIRECTORY))  # type: ignore[no-untyped-call]
+    def worker_exited(self) -> None:
+        """This worker's live gauges leave with it (its counters stay: totals never go down)."""
+        if self.workers is not None:
+            multiprocess.mark_process_dead(os.getpid(), path=str(self.workers.directory))  # type: ignore[no-untyped-call]
 
 
 class MetricsMiddleware:

@@ -1,14 +1,17 @@
 """Plain ASGI middleware (BaseHTTPMiddleware costs throughput): request ids, JSON-only bodies,
-HEAD answered as GET."""
+HEAD answered as GET, and CORS for the web client."""
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from contextvars import ContextVar
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.responses import error_response
@@ -146,3 +149,49 @@ class HeadMiddleware:
             await send(message)
 
         await self.app({**scope, "method": "GET"}, receive, send_without_body)
+
+
+class CorsMiddleware(CORSMiddleware):
+    """Starlette's CORS for the web client's origins, with what our API needs allowed and
+    exposed, and a refused preflight answered in our error shape."""
+
+    def __init__(self, app: ASGIApp, allow_origins: Sequence[str]) -> None:
+        super().__init__(
+            app,
+            allow_origins=allow_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "X-Request-ID",
+                "If-Match",
+                "If-None-Match",
+                "Idempotency-Key",
+            ],
+            expose_headers=[
+                "Location",
+                "Link",
+                "X-Request-ID",
+                "Retry-After",
+                "ETag",
+                "Idempotent-Replayed",
+            ],
+            max_age=600,
+        )
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code == 200:
+            return response
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
+        headers = {
+            name: value for name, value in response.headers.items() if name.startswith("access-")
+        }
+        return error_response(
+            400,
+            "cors_preflight_refused",
+            f"This cross-origin request is not allowed (its {refused}); CORS_ORIGINS lists "
+            "the origins served.",
+            headers,
+        )

@@ -1,5 +1,6 @@
 """Optional OpenTelemetry traces, on when OTEL_EXPORTER_OTLP_ENDPOINT is set (the SDK's own
-variable, as are OTEL_SERVICE_NAME and the other OTEL_* settings the exporter reads).
+variable, as are OTEL_SERVICE_NAME and the other OTEL_* settings the exporter reads, such as
+OTEL_EXPORTER_OTLP_HEADERS).
 
 Each request becomes a server span named by its route template (FastAPI's instrumentation) with
 a child span for its SQL statement (asyncpg's), exported in batches over OTLP/HTTP; log records
@@ -8,8 +9,6 @@ unset, `create_app` never imports this module: tracing costs nothing.
 """
 
 from __future__ import annotations
-
-import os
 
 from fastapi import FastAPI
 from opentelemetry import trace
@@ -20,17 +19,22 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from backend import logs
+from backend.config import Settings
 
 
-def instrument(app: FastAPI, processor: SpanProcessor | None = None) -> TracerProvider:
+def instrument(
+    app: FastAPI, settings: Settings, processor: SpanProcessor | None = None
+) -> TracerProvider:
     """Trace `app`'s requests and every asyncpg statement; `processor` replaces the OTLP export
     (tests pass an in-memory one)."""
     if processor is None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        processor = BatchSpanProcessor(OTLPSpanExporter())
-    service = os.environ.get("OTEL_SERVICE_NAME", "todo-api")
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
+        # The variable names the collector; traces go to its /v1/traces, as the SDK does it.
+        endpoint = f"{(settings.otel_exporter_otlp_endpoint or '').rstrip('/')}/v1/traces"
+        processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint))
+    resource = Resource.create({SERVICE_NAME: settings.otel_service_name})
+    provider = TracerProvider(resource=resource)
     provider.add_span_processor(processor)
     # The ASGI layer's own "http send"/"http receive" spans are noise at one per message.
     FastAPIInstrumentor.instrument_app(

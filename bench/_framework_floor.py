@@ -9,6 +9,7 @@ It explains the gap `make bench` reports between the API and the raw Starlette c
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -100,7 +101,8 @@ def _fastapi(with_dependencies: bool) -> ASGIApp:
 
 
 def _ours() -> ASGIApp:
-    app = create_app(Settings(_env_file=None, better_auth_secret="s" * 64, log_level="WARNING"))
+    secret = secrets.token_urlsafe(48)
+    app = create_app(Settings(_env_file=None, better_auth_secret=secret, log_level="WARNING"))
 
     @app.get("/floor/{user_id}/tasks/{task_id}")
     async def floor(user_id: str, task_id: int) -> JsonResponse:

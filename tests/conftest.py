@@ -28,7 +28,8 @@ from backend.config import Settings
 from backend.db import EmbeddedPostgres
 from backend.main import create_app
 
-SECRET = "test-secret-" + "x" * 60
+# A fixed test secret, as random as a real one (weak secrets are refused at start-up).
+SECRET = "Ha2gNW_NAILAYwOr9o1q6gxCX8FCPtTr_wwPgdH34YxHa6Dw25ibSc5DEGxQbRkn"
 ROOT = Path(__file__).resolve().parents[1]
 
 Headers = dict[str, str]

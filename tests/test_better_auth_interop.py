@@ -92,9 +92,13 @@ def better_auth(request: pytest.FixtureRequest) -> Iterator[BetterAuth]:
     yield from _start_better_auth(request.param)
 
 
-async def _api(settings: Settings, better_auth: BetterAuth) -> AsyncIterator[httpx.AsyncClient]:
+async def _api(
+    settings: Settings, better_auth: BetterAuth, better_auth_url: str | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
     configured = Settings(
-        _env_file=None, database_url=settings.database_url, better_auth_url=better_auth.base_url
+        _env_file=None,
+        database_url=settings.database_url,
+        better_auth_url=better_auth_url or better_auth.base_url,
     )
     app = create_app(configured)
     async with (
@@ -180,3 +184,29 @@ async def test_key_rotation_old_and_new_tokens_both_work(
                     f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"}
                 )
                 assert response.status_code == 200, response.text
+
+
+@pytest.fixture(scope="module")
+def stock_better_auth() -> Iterator[BetterAuth]:
+    yield from _start_better_auth("EdDSA")
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["{base}/", "HTTP://{host}", "http://admin:pw@{host}", "{base}/api/auth"],
+    ids=["trailing slash", "upper-case scheme", "credentials", "base path"],
+)
+async def test_better_auth_url_is_taken_as_its_origin(
+    settings: Settings, stock_better_auth: BetterAuth, clean_tables: None, spelling: str
+) -> None:
+    """Better Auth signs iss/aud with `new URL(baseURL).origin`: any spelling of that URL that
+    names the same origin is the same issuer."""
+    host = stock_better_auth.base_url.removeprefix("http://")
+    url = spelling.format(base=stock_better_auth.base_url, host=host)
+    async with stock_better_auth.signed_up("spelled") as (user_id, browser):
+        token = await stock_better_auth.token(browser)
+        async for api in _api(settings, stock_better_auth, better_auth_url=url):
+            response = await api.get(
+                f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert response.status_code == 200, response.text

@@ -1,11 +1,12 @@
-"""Plain ASGI middleware (backend/middleware.py): HEAD answered as GET."""
+"""Plain ASGI middleware (backend/middleware.py): HEAD answered as GET, CORS in our error shape,
+and (backend/errors.py) a 500 a browser can read."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from tests.conftest import Headers
+from tests.conftest import ClientFactory, Headers
 
 TASKS = "/api/alice/tasks"
 
@@ -44,3 +45,38 @@ def test_head_over_a_real_socket_keeps_the_connection_usable(live_server: str) -
         assert (head.status_code, head.content) == (200, b"")
         assert head.headers["Content-Length"] == str(len(b'{"status":"ok"}'))
         assert http.get("/healthz").json() == {"status": "ok"}
+
+
+ORIGIN = {"Origin": "https://app.example.com"}
+
+
+async def test_a_refused_preflight_is_our_json_error(make_client: ClientFactory) -> None:
+    cors = await make_client(cors_origins=["https://app.example.com"])
+    refused = await cors.options(
+        TASKS,
+        headers=ORIGIN
+        | {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "x-evil"},
+    )
+    assert refused.status_code == 400
+    assert refused.json()["code"] == "cors_preflight_refused"
+    assert "headers" in refused.json()["detail"]
+    assert refused.headers["Content-Type"] == "application/json"
+
+
+async def test_a_500_carries_the_cors_headers_so_a_browser_can_read_it(
+    make_client: ClientFactory, alice: Headers
+) -> None:
+    """A bug's 500 must reach the page: without CORS headers the browser hides the body (and
+    the request id to quote) and reports only "cannot be reached"."""
+    cors = await make_client(cors_origins=["https://app.example.com"])
+    app = cors._transport.app  # type: ignore[attr-defined]
+
+    async def crash(*_: object) -> None:
+        raise RuntimeError("a bug")
+
+    app.state.database.fetch = crash  # the list's one call: an unexpected error, not an outage
+    response = await cors.get(TASKS, headers=alice | ORIGIN)
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error"
+    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert response.json()["request_id"] == response.headers["X-Request-ID"]

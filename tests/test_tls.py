@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from backend.config import Settings
 from backend.database_url import normalise_url
 from backend.db import Database, EmbeddedPostgres
-from tests.conftest import run_pgbouncer
+from tests.conftest import SECRET, run_pgbouncer
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def _settings(url: str) -> Settings:
     return Settings(
         _env_file=None,
         database_url=url,
-        better_auth_secret="s" * 32,
+        better_auth_secret=SECRET,
         db_connect_budget_seconds=0,
         db_connect_timeout_seconds=5,
     )

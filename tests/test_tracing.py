@@ -23,7 +23,7 @@ from backend import logs, tracing
 from backend.config import Settings
 from backend.logs import configure_logging
 from backend.main import create_app
-from tests.conftest import ROOT, Headers
+from tests.conftest import ROOT, SECRET, Headers
 
 READ_ROUTE = "GET /api/{user_id}/tasks/{task_id}"
 
@@ -31,7 +31,7 @@ READ_ROUTE = "GET /api/{user_id}/tasks/{task_id}"
 @contextmanager
 def _traced(app: FastAPI) -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
-    tracing.instrument(app, SimpleSpanProcessor(exporter))
+    tracing.instrument(app, app.state.settings, SimpleSpanProcessor(exporter))
     try:
         yield exporter
     finally:  # asyncpg is patched process-wide: undo it for the other tests
@@ -100,7 +100,7 @@ def test_tracing_is_not_even_imported_when_off() -> None:
     # the `otel` extra, has none of it.)
     probe = (
         "import sys; from backend.config import Settings; from backend.main import create_app; "
-        "create_app(Settings(_env_file=None, better_auth_secret='s' * 32)); "
+        f"create_app(Settings(_env_file=None, better_auth_secret={SECRET!r})); "
         "print(sorted(m for m in sys.modules if m == 'backend.tracing' "
         "or m.startswith(('opentelemetry.sdk', 'opentelemetry.instrumentation'))))"
     )
