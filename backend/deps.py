@@ -27,16 +27,17 @@ async def get_database(request: Request) -> Database:
     return database
 
 
-async def path_owner(
+async def get_current_user(
     request: Request,
     user_id: Annotated[str, Path(description="The signed-in user's id (the token's `sub`).")],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> AuthUser:
-    """The verified token's user, provided the path names that same user.
+    """The signed-in user: the bearer token verified, provided the path names that same user.
 
     401 when the header is missing, not Bearer, or the token bad; 403 when the path is another
-    user's; 429 when RATE_LIMIT_PER_MINUTE is on and spent in this worker. One dependency for
-    all three: each level of FastAPI dependency costs about 10 us per request.
+    user's; 429 when RATE_LIMIT_PER_MINUTE is on and spent. One dependency for all three (the
+    name is the one FastAPI's docs and the template give it): each level of FastAPI dependency
+    costs about 10 us per request.
     """
     if credentials is None:
         raise TokenError("Missing bearer token in the Authorization header.", "token_missing")
@@ -51,5 +52,5 @@ async def path_owner(
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
-OwnerDep = Annotated[AuthUser, Depends(path_owner)]
+CurrentUser = Annotated[AuthUser, Depends(get_current_user)]
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The task's id.")]

@@ -12,7 +12,7 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import bindparam, select
 
 from backend.db import Sql
-from backend.deps import DatabaseDep, OwnerDep, TaskId
+from backend.deps import CurrentUser, DatabaseDep, TaskId
 from backend.errors import TaskNotFound
 from backend.main import create_app
 from backend.models import TaskOut, tasks
@@ -31,11 +31,11 @@ def pydantic_app() -> FastAPI:
     router = APIRouter()
 
     @router.get("/api/{user_id}/tasks", response_model=list[TaskOut])
-    async def list_tasks(user: OwnerDep, database: DatabaseDep) -> Any:
+    async def list_tasks(user: CurrentUser, database: DatabaseDep) -> Any:
         return [dict(row) for row in await database.fetch(_LIST, {"owner": user.id})]
 
     @router.get("/api/{user_id}/tasks/{task_id}", response_model=TaskOut)
-    async def read_task(task_id: TaskId, user: OwnerDep, database: DatabaseDep) -> Any:
+    async def read_task(task_id: TaskId, user: CurrentUser, database: DatabaseDep) -> Any:
         row = await database.fetchrow(_READ, {"task": task_id, "owner": user.id})
         if row is None:
             raise TaskNotFound(task_id)

@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, select, update
 
 from backend.config import Settings
 from backend.db import Sql
-from backend.deps import DatabaseDep, OwnerDep, TaskId
+from backend.deps import CurrentUser, DatabaseDep, TaskId
 from backend.errors import TaskNotFound
 from backend.main import create_app
 from backend.models import tasks
@@ -54,14 +54,14 @@ _ANY_TASK = Sql.of(select(tasks).where(tasks.c.id == bindparam("task_id")))  # n
 
 def _list_without_owner_filter(router: APIRouter) -> None:
     @router.get("/api/{user_id}/tasks")
-    async def list_tasks(user: OwnerDep, database: DatabaseDep) -> Response:
+    async def list_tasks(user: CurrentUser, database: DatabaseDep) -> Response:
         rows = await database.fetch(_EVERY_TASK, {})
         return JsonResponse([dict(row) for row in rows])
 
 
 def _read_without_owner_filter(router: APIRouter) -> None:
     @router.get("/api/{user_id}/tasks/{task_id}")
-    async def read_task(task_id: TaskId, user: OwnerDep, database: DatabaseDep) -> Response:
+    async def read_task(task_id: TaskId, user: CurrentUser, database: DatabaseDep) -> Response:
         row = await database.fetchrow(_ANY_TASK, {"task_id": task_id})
         if row is None:
             raise TaskNotFound(task_id)
@@ -83,7 +83,7 @@ _RENAME = Sql.of(
 
 def _toggle_ignoring_the_key(router: APIRouter) -> None:
     @router.patch("/api/{user_id}/tasks/{task_id}/complete")
-    async def toggle_task(task_id: TaskId, user: OwnerDep, database: DatabaseDep) -> Response:
+    async def toggle_task(task_id: TaskId, user: CurrentUser, database: DatabaseDep) -> Response:
         row = await database.fetchrow(_FLIP, {"task_id": task_id, "owner_id": user.id})
         return JsonResponse(dict(row or {}))
 
@@ -91,7 +91,7 @@ def _toggle_ignoring_the_key(router: APIRouter) -> None:
 def _update_ignoring_if_match(router: APIRouter) -> None:
     @router.put("/api/{user_id}/tasks/{task_id}")
     async def update_task(
-        task_id: TaskId, body: dict[str, str], user: OwnerDep, database: DatabaseDep
+        task_id: TaskId, body: dict[str, str], user: CurrentUser, database: DatabaseDep
     ) -> Response:
         parameters = {"task_id": task_id, "owner_id": user.id, "title": body["title"]}
         return JsonResponse(dict(await database.fetchrow(_RENAME, parameters) or {}))

@@ -24,7 +24,7 @@ from backend.conditional import (
     task_etag,
 )
 from backend.db import Row, Statements
-from backend.deps import DatabaseDep, OwnerDep, TaskId
+from backend.deps import CurrentUser, DatabaseDep, TaskId
 from backend.errors import ApiError, PreconditionFailed, TaskNotFound
 from backend.models import MAX_ID, CreateTask, ErrorOut, TaskOut, UpdateTask, ValidationErrorOut
 from backend.responses import JsonResponse, dumps
@@ -122,7 +122,7 @@ async def _refusal(
 )
 async def list_tasks(
     request: Request,
-    user: OwnerDep,
+    user: CurrentUser,
     database: DatabaseDep,
     completed: Annotated[bool | None, Query(description="Only completed (or open) tasks.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = MAX_PAGE,
@@ -156,7 +156,7 @@ async def list_tasks(
     openapi_extra={"parameters": [_IDEMPOTENCY_KEY]},
 )
 async def create_task(
-    request: Request, body: CreateTask, user: OwnerDep, database: DatabaseDep
+    request: Request, body: CreateTask, user: CurrentUser, database: DatabaseDep
 ) -> Response:
     async def create(db: Statements) -> Response:
         row = await crud.create(db, user, body.title, body.description)
@@ -175,7 +175,7 @@ async def create_task(
     openapi_extra={"parameters": [_IF_NONE_MATCH]},
 )
 async def read_task(
-    request: Request, task_id: TaskId, user: OwnerDep, database: DatabaseDep
+    request: Request, task_id: TaskId, user: CurrentUser, database: DatabaseDep
 ) -> Response:
     wanted = if_none_match(request.headers)
     row = await crud.read(database, user.id, task_id)
@@ -196,7 +196,7 @@ async def read_task(
     openapi_extra={"parameters": [_IF_MATCH]},
 )
 async def update_task(
-    request: Request, task_id: TaskId, body: UpdateTask, user: OwnerDep, database: DatabaseDep
+    request: Request, task_id: TaskId, body: UpdateTask, user: CurrentUser, database: DatabaseDep
 ) -> Response:
     conditions = preconditions(request.headers, task_id)
     row = await crud.update(
@@ -224,7 +224,7 @@ async def update_task(
     openapi_extra={"parameters": [_IF_MATCH]},
 )
 async def delete_task(
-    request: Request, task_id: TaskId, user: OwnerDep, database: DatabaseDep
+    request: Request, task_id: TaskId, user: CurrentUser, database: DatabaseDep
 ) -> Response:
     conditions = preconditions(request.headers, task_id)
     if not await crud.delete(database, user.id, task_id, conditions):
@@ -243,7 +243,7 @@ async def delete_task(
     openapi_extra={"parameters": [_IF_MATCH, _IDEMPOTENCY_KEY]},
 )
 async def toggle_task(
-    request: Request, task_id: TaskId, user: OwnerDep, database: DatabaseDep
+    request: Request, task_id: TaskId, user: CurrentUser, database: DatabaseDep
 ) -> Response:
     conditions = preconditions(request.headers, task_id)
 
