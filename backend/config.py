@@ -136,7 +136,9 @@ class Settings(DatabaseSettings):
     # OpenTelemetry's own variables: tracing is on when the endpoint is set (the `otel` extra).
     otel_exporter_otlp_endpoint: str | None = None
     otel_service_name: str = "todo-api"
-    rate_limit_per_minute: int = Field(default=0, ge=0)  # per user, per worker; 0 = off
+    rate_limit_per_minute: int = Field(default=0, ge=0)  # per user; 0 = off
+    # Where the counts live: memory:// (each process its own), async+redis://... (shared).
+    rate_limit_storage_url: str = "memory://"
     # How long a retry waits for a first request with the same Idempotency-Key to finish
     # before its 409. Below DB_COMMAND_TIMEOUT_SECONDS, so the wait ends in a 409, not a 503.
     idempotency_wait_seconds: float = Field(default=5.0, gt=0, le=60)
@@ -175,6 +177,14 @@ class Settings(DatabaseSettings):
             return None
         web_origin(value)  # raises ValueError naming what is wrong
         return value.strip().rstrip("/")
+
+    @field_validator("rate_limit_storage_url")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        from backend.ratelimit import storage_uri  # limits and redis: import when used
+
+        storage_uri(value)  # raises ValueError naming what is wrong
+        return value
 
     @field_validator("cors_origins")
     @classmethod
@@ -254,7 +264,9 @@ def settings_or_exit(kind: type[_S]) -> _S:
 
 
 # Values never repeated in an error: they hold credentials.
-_UNSHOWN = frozenset({"BETTER_AUTH_SECRET", "METRICS_TOKEN", "DATABASE_URL"})
+_UNSHOWN = frozenset(
+    {"BETTER_AUTH_SECRET", "METRICS_TOKEN", "DATABASE_URL", "RATE_LIMIT_STORAGE_URL"}
+)
 
 
 def _explain(error: ErrorDetails) -> str:

@@ -46,7 +46,7 @@ async def get_current_user(
     if user_id != user.id:
         raise Forbidden("The path user_id does not match the signed-in user.")
     limiter: RateLimiter | None = request.app.state.rate_limiter
-    if limiter is not None and (wait := limiter.retry_after(user.id)) is not None:
+    if limiter is not None and (wait := await limiter.retry_after(user.id)) is not None:
         raise RateLimited(wait)
     return user
 

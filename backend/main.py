@@ -42,6 +42,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with AsyncExitStack() as stack:
         if app.state.metrics is not None:  # this worker's live gauges leave with it
             stack.callback(app.state.metrics.worker_exited)
+        if (limiter := app.state.rate_limiter) is not None:
+            stack.push_async_callback(limiter.aclose)
         database_url = settings.database_url
         if database_url is None:
             # Starting PostgreSQL blocks for a second or two: keep it off the event loop.
@@ -90,7 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     per_minute = settings.rate_limit_per_minute
-    app.state.rate_limiter = RateLimiter(per_minute) if per_minute else None
+    limiter = RateLimiter(per_minute, settings.rate_limit_storage_url) if per_minute else None
+    if limiter is not None and metrics is not None:
+        limiter.on_unchecked = metrics.rate_limit_storage_errors.inc
+    app.state.rate_limiter = limiter
     app.include_router(tasks.router)
     app.include_router(health.router)
     install_error_handlers(app)

@@ -156,7 +156,8 @@ class Workers:
 
 
 class Metrics:
-    """Request counts and latency by route template, and the database pool's use.
+    """Request counts and latency by route template, the database pool's use, and the requests
+    the rate limit served unchecked because its storage failed.
 
     Each app has its own registry (tests build many apps in one process); in multiprocess mode
     a scrape collects every worker's files instead.
@@ -192,6 +193,11 @@ class Metrics:
             "db_pool_connections_idle",
             "Connections waiting in the pools.",
             multiprocess_mode="livesum",
+            registry=self.registry,
+        )
+        self.rate_limit_storage_errors = Counter(
+            "rate_limit_storage_errors",
+            "Requests served without the rate limit because its storage failed (fail open).",
             registry=self.registry,
         )
         # labels() validates and locks on every call: each label set's child is looked up once.
