@@ -14,7 +14,7 @@ PORT ?= 8000
 WORKERS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock run serve migrate token test pgbouncer fuzz bench mutate check lint types format clean example e2e chromium
+.PHONY: help install lock run serve migrate token test pgbouncer redis-server fuzz bench mutate check lint types format clean example e2e chromium
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -101,7 +101,17 @@ endif
 endif
 HAVE_PGBOUNCER = $(or $(shell command -v pgbouncer 2>/dev/null),$(wildcard /usr/sbin/pgbouncer))
 
-TEST_DEPS := install $(INTEROP)/node_modules/.package-lock.json pgbouncer
+# redis-server for the shared rate-limit tests (tests/test_ratelimit.py starts its own), the same way.
+REDIS_SERVER := $(or $(shell command -v redis-server 2>/dev/null),$(wildcard /usr/bin/redis-server))
+redis-server:
+ifeq ($(REDIS_SERVER),)
+ifneq ($(CAN_APT),)
+	apt-get update -qq
+	env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+endif
+endif
+
+TEST_DEPS := install $(INTEROP)/node_modules/.package-lock.json pgbouncer redis-server
 
 # Two passes: straight to PostgreSQL, then the same suite through PgBouncer in transaction mode.
 test: $(TEST_DEPS) ## run the whole suite on a throwaway embedded PostgreSQL, direct and via PgBouncer
