@@ -27,16 +27,15 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
-from redis.asyncio import ConnectionPool
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+
+if TYPE_CHECKING:  # redis-py is imported for a Redis URL only: it loads OpenTelemetry's SDK
+    from redis.asyncio import ConnectionPool
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +106,16 @@ class RateLimiter:
         self._item = RateLimitItemPerMinute(per_minute)
         self._pool: ConnectionPool | None = None
         self._memory: SweepingMemoryStorage | None = None
+        self._storage_errors: tuple[type[Exception], ...] = ()  # what fails open
         if uri.startswith("async+memory:"):
             self._memory = SweepingMemoryStorage()
             storage: MemoryStorage | RedisStorage = self._memory
         else:
+            from redis.asyncio import ConnectionPool
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+            from redis.exceptions import RedisError
+
             scheme, rest = uri.removeprefix("async+").split("://", 1)
             # Our own pool: its timeouts bound an outage's cost, and with no retries (redis-py's
             # client defaults to 3, with backoffs of up to seconds) a failure is known at once.
@@ -123,6 +128,7 @@ class RateLimiter:
             # limits types its options as scalars, though it documents `connection_pool`.
             options: dict[str, Any] = {"connection_pool": self._pool}
             storage = RedisStorage(uri, implementation="redispy", key_prefix=KEY_PREFIX, **options)
+            self._storage_errors = (RedisError,)  # refused, timed out, an error reply
         self._strategy = SlidingWindowCounterRateLimiter(storage)
         self._retry_storage_at: float | None = None  # set while the storage is failing
         self._unchecked = 0  # requests served unchecked in this outage
@@ -139,7 +145,7 @@ class RateLimiter:
                 refused_until = None
             else:
                 refused_until = (await self._strategy.get_window_stats(self._item, user_id))[0]
-        except RedisError as exc:
+        except self._storage_errors as exc:
             self._storage_failed(exc)
             return None
         if self._retry_storage_at is not None:
@@ -157,7 +163,7 @@ class RateLimiter:
         if self.on_unchecked is not None:
             self.on_unchecked()
 
-    def _storage_failed(self, exc: RedisError) -> None:
+    def _storage_failed(self, exc: Exception) -> None:
         now = time.monotonic()
         self._retry_storage_at = now + RETRY_STORAGE_AFTER_SECONDS
         self._serve_unchecked()
