@@ -24,7 +24,7 @@ from backend import ratelimit
 from backend.config import Settings, settings_or_exit
 from backend.main import create_app
 from backend.ratelimit import RateLimiter
-from tests.conftest import bearer, serve
+from tests.conftest import SECRET, bearer, serve
 
 MINUTE_START = 60.0 * 29_000_000  # a wall-clock time on a minute boundary, as limits' windows are
 
@@ -274,7 +274,7 @@ def test_a_bad_storage_url_stops_the_start_with_one_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, url: str, line: str
 ) -> None:
     monkeypatch.chdir(tmp_path)  # no .env
-    monkeypatch.setenv("BETTER_AUTH_SECRET", "s" * 64)
+    monkeypatch.setenv("BETTER_AUTH_SECRET", SECRET)
     monkeypatch.setenv("RATE_LIMIT_STORAGE_URL", url)
     with pytest.raises(SystemExit) as stopped:
         settings_or_exit(Settings)
@@ -295,6 +295,6 @@ def test_a_bad_storage_url_stops_the_start_with_one_line(
     ],
 )
 async def test_storage_urls_that_are_accepted(url: str) -> None:
-    settings = Settings(_env_file=None, better_auth_secret="s" * 64, rate_limit_storage_url=url)
+    settings = Settings(_env_file=None, better_auth_secret=SECRET, rate_limit_storage_url=url)
     limiter = RateLimiter(5, settings.rate_limit_storage_url)  # built without connecting
     await limiter.aclose()
