@@ -139,6 +139,8 @@ class Settings(DatabaseSettings):
     rate_limit_per_minute: int = Field(default=0, ge=0)  # per user; 0 = off
     # Where the counts live: memory:// (each process its own), async+redis://... (shared).
     rate_limit_storage_url: str = "memory://"
+    # A large response the client does not take within this long (per 64 KiB) is abandoned.
+    response_send_timeout_seconds: float = Field(default=10.0, gt=0)
     # How long a retry waits for a first request with the same Idempotency-Key to finish
     # before its 409. Below DB_COMMAND_TIMEOUT_SECONDS, so the wait ends in a 409, not a 503.
     idempotency_wait_seconds: float = Field(default=5.0, gt=0, le=60)

@@ -37,6 +37,7 @@ from backend.db import Database, Row, Sql, Statements
 from backend.models import TaskOut, tasks, users
 
 COLUMNS = tuple(tasks.c[name] for name in TaskOut.model_fields)  # what a response holds
+TASK_JSON_OVERHEAD = 200  # a task's JSON besides its title and description, user id included
 # A single task's response carries its ETag, made of its version.
 _TASK_COLUMNS = (*COLUMNS, tasks.c.version)
 
@@ -54,8 +55,20 @@ _GUARDED = (
 )
 _CHANGED = {"updated_at": func.now(), "version": tasks.c.version + 1}  # part of every change
 
-_PAGE = Sql.of(
-    select(*COLUMNS)
+# What a task takes in a page, about: its two texts in bytes (JSON escapes aside: a quote or a
+# line break is two bytes there, a rare control character six) and the rest (keys, id, user
+# id, flag, timestamps). Read from the row's header, not its contents: cheap for any text.
+_TEXT_BYTES = (
+    func.octet_length(tasks.c.title)
+    + func.coalesce(func.octet_length(tasks.c.description), 0)
+    + TASK_JSON_OVERHEAD
+)
+_FIRST_ROWS = (
+    select(
+        *COLUMNS,
+        func.sum(_TEXT_BYTES).over(order_by=tasks.c.id).label("page_bytes"),
+        _TEXT_BYTES.label("task_bytes"),
+    )
     .where(
         tasks.c.user_id == bindparam("owner_id"),
         tasks.c.id > bindparam("after_id"),
@@ -66,6 +79,14 @@ _PAGE = Sql.of(
     )
     .order_by(tasks.c.id)
     .limit(bindparam("rows"))
+    .subquery()
+)
+# The rows that start within the byte budget: those that fit, and the first that does not,
+# which (like the row past `rows`) says that another page follows.
+_PAGE = Sql.of(
+    select(*(_FIRST_ROWS.c[column.name] for column in COLUMNS), _FIRST_ROWS.c.page_bytes)
+    .where(_FIRST_ROWS.c.page_bytes - _FIRST_ROWS.c.task_bytes < bindparam("budget"))
+    .order_by(_FIRST_ROWS.c.id)
 )
 _READ = Sql.of(select(*_TASK_COLUMNS).where(_OWNED))
 _EXISTS = Sql.of(select(tasks.c.id).where(_OWNED))
@@ -120,12 +141,19 @@ def _guard(owner_id: str, task_id: int, conditions: Preconditions) -> dict[str, 
 
 
 async def list_page(
-    db: Database, owner_id: str, *, after_id: int, rows: int, completed: bool | None
+    db: Database,
+    owner_id: str,
+    *,
+    after_id: int,
+    rows: int,
+    completed: bool | None,
+    budget: int,
 ) -> list[Row]:
-    """Up to `rows` of the owner's tasks with ids above `after_id`, by id; only those with this
-    `completed` state unless it is None."""
+    """The owner's tasks with ids above `after_id`, by id (only those with this `completed`
+    state unless it is None): at most `rows`, and only as many as start within `budget` bytes
+    of text. Each row's `page_bytes` is the page's text up to and including it."""
     parameters = {"owner_id": owner_id, "after_id": after_id, "rows": rows, "completed": completed}
-    return await db.fetch(_PAGE, parameters)
+    return await db.fetch(_PAGE, parameters | {"budget": budget})
 
 
 async def read(db: Statements, owner_id: str, task_id: int) -> Row | None:

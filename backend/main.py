@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
@@ -69,7 +71,25 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # sight, so full collections under load walk only what requests allocate.
         gc.collect()
         gc.freeze()
+        _return_large_blocks_to_the_system()
         yield
+
+
+def _return_large_blocks_to_the_system() -> None:
+    """glibc raises its mmap threshold after each large block it frees (up to 32 MiB); past that,
+    large bodies (a list page) come from the heap, and once freed their memory stays with the
+    process. A fixed threshold keeps every block over 128 KiB mapped on its own, so that freeing
+    it gives it back: memory that slow clients made us hold comes back when they are dropped."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl): its allocator has no such threshold
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

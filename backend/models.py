@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -111,19 +112,31 @@ users = User.__table__  # type: ignore[attr-defined]
 idempotency_keys = IdempotencyKey.__table__  # type: ignore[attr-defined]
 
 
-def _no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold U+0000; refuse it here instead of failing in the database.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+# A title is one line of text: no control character at all (C0, DEL, C1). A description may
+# hold tabs and line breaks, no other C0 control or DEL. (PostgreSQL text cannot hold U+0000
+# anyway, and JSON writes each control character as six bytes.)
+TITLE_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+DESCRIPTION_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _one_line(value: str) -> str:
+    if TITLE_CONTROLS.search(value):
+        raise ValueError("must be one line of text, without control characters")
+    return value
+
+
+def _text(value: str) -> str:
+    if DESCRIPTION_CONTROLS.search(value):
+        raise ValueError("must not contain control characters other than tab and line breaks")
     return value
 
 
 Title = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX),
-    AfterValidator(_no_nul),
+    AfterValidator(_one_line),
 ]
-Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX), AfterValidator(_no_nul)]
+Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX), AfterValidator(_text)]
 
 
 class _Body(SQLModel):

@@ -12,8 +12,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,71 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 _MUTANT_BASETEMP = pytest.StashKey[str]()
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@asynccontextmanager
+async def uvicorn_process(
+    database_url: str,
+    workdir: Path,
+    *flags: str,
+    env: Mapping[str, str] | None = None,
+    listener: socket.socket | None = None,
+) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+    """The app under the uvicorn CLI in its own process, as deployed: its URL and process, once
+    /healthz answers. Its output goes to `workdir`/server.log; it is stopped (SIGTERM) after.
+    `listener`: a listening socket of the test's to serve on (uvicorn --fd), options and all."""
+    command = [sys.executable, "-m", "uvicorn", "backend.main:create_app", "--factory"]
+    if listener is None:
+        port = free_port()
+        command += ["--port", str(port)]
+    else:
+        port = listener.getsockname()[1]
+        command += ["--fd", str(listener.fileno())]
+    command += ["--app-dir", str(ROOT), "--no-access-log", *flags]
+    environment = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "BETTER_AUTH_SECRET": SECRET,
+        "LOG_LEVEL": "WARNING",
+        "DB_STATEMENT_CACHE": "false" if VIA_PGBOUNCER else "",  # as the settings fixture does
+        **(env or {}),
+    }
+    log = workdir / "server.log"
+    with log.open("wb") as output:
+        server = await asyncio.create_subprocess_exec(
+            *command,
+            cwd=workdir,
+            env=environment,
+            stdout=output,
+            stderr=output,
+            pass_fds=() if listener is None else (listener.fileno(),),
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        async with httpx.AsyncClient(base_url=url, timeout=5) as probe:
+            while True:
+                try:
+                    if (await probe.get("/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert server.returncode is None, log.read_text()
+                assert time.monotonic() < deadline, "uvicorn did not start"
+                await asyncio.sleep(0.05)
+        yield url, server
+    finally:
+        if server.returncode is None:
+            server.terminate()
+        await asyncio.wait_for(server.wait(), 30)
+
+
 def run_pgbouncer(postgres: EmbeddedPostgres, workdir: Path, settings: str = "") -> Iterator[str]:
     """Start PgBouncer (as the server's unprivileged user: it refuses root) and yield its URL.
 
@@ -65,9 +130,7 @@ def run_pgbouncer(postgres: EmbeddedPostgres, workdir: Path, settings: str = "")
         if os.environ.get("CI"):  # make test installs it wherever it can, as in CI
             pytest.fail(reason)
         pytest.skip(reason)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     (workdir / "userlist.txt").write_text('"postgres" ""\n')
     (workdir / "pgbouncer.ini").write_text(
         f"""[databases]

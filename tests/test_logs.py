@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, SECRET
+from tests.conftest import ROOT, SECRET, free_port
 
 MAKEFILE_SERVE_FLAGS = ("--factory", "--no-access-log", "--timeout-graceful-shutdown")
 
 
 def _serve(database_url: str, tmp_path: Path, *flags: str, **env: str) -> str:
     """Serve, send three requests (X-Request-ID trace-1..3), stop; what the server wrote."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log = tmp_path / "server.log"
     command = [sys.executable, "-m", "uvicorn", "backend.main:create_app", "--factory"]
     command += ["--host", "127.0.0.1", "--port", str(port), *flags]

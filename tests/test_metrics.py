@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,9 +18,10 @@ from pydantic import SecretStr
 from backend.config import Settings
 from backend.main import create_app
 from backend.metrics import UnsafeDirectory, _checked
-from tests.conftest import ROOT, SECRET, VIA_PGBOUNCER, Database, bearer
+from tests.conftest import VIA_PGBOUNCER, Database, bearer, uvicorn_process
 
 TASK_ROUTE = "/api/{user_id}/tasks/{task_id}"
+LIST_ROUTE = "/api/{user_id}/tasks"
 
 
 def _samples(exposition: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -34,8 +33,14 @@ def _samples(exposition: str) -> dict[tuple[str, frozenset[tuple[str, str]]], fl
     }
 
 
-def _total(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str) -> float:
-    return sum(value for (sample, _), value in samples.items() if sample == name)
+def _total(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, route: str
+) -> float:
+    return sum(
+        value
+        for (sample, labels), value in samples.items()
+        if sample == name and dict(labels).get("route") == route
+    )
 
 
 async def test_metrics_are_off_by_default(client: httpx.AsyncClient) -> None:
@@ -93,52 +98,19 @@ async def test_metrics_refuse_any_other_authorization(
     assert refused.json()["code"] == "token_missing"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @asynccontextmanager
 async def _two_workers(
-    database_url: str, tmp_path: Path, **env: str
+    database_url: str, tmp_path: Path
 ) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
     """`uvicorn --workers 2` with metrics on, as the Deploy section runs it; its URL and process."""
-    port = _free_port()
-    command = [sys.executable, "-m", "uvicorn", "backend.main:create_app", "--factory"]
-    command += ["--app-dir", str(ROOT), "--port", str(port), "--workers", "2", "--no-access-log"]
+    # TMPDIR: where the shared directory goes; an empty variable is unset.
     environment = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "BETTER_AUTH_SECRET": SECRET,
         "METRICS_ENABLED": "true",
-        "LOG_LEVEL": "WARNING",
-        "DB_STATEMENT_CACHE": "false" if VIA_PGBOUNCER else "",  # as the settings fixture does
-        "TMPDIR": str(tmp_path),  # where the workers' shared directory goes
-        **env,
+        "TMPDIR": str(tmp_path),
+        "PROMETHEUS_MULTIPROC_DIR": "",
     }
-    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log = tmp_path / "server.log"
-    with log.open("wb") as output:
-        server = await asyncio.create_subprocess_exec(
-            *command, cwd=tmp_path, env=environment, stdout=output, stderr=output
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if (await _fresh_get(url, "/metrics")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.returncode is None, log.read_text()
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            await asyncio.sleep(0.1)
-        yield url, server
-    finally:
-        server.terminate()
-        await asyncio.wait_for(server.wait(), 30)
+    async with uvicorn_process(database_url, tmp_path, "--workers", "2", env=environment) as server:
+        yield server
 
 
 async def _spread(url: str, requests: int) -> None:
@@ -160,8 +132,8 @@ async def test_every_scrape_counts_every_worker(
         await _spread(url, sent)
         for _ in range(8):
             samples = _samples((await _fresh_get(url, "/metrics")).text)
-            assert _total(samples, "http_requests_total") == sent
-            assert _total(samples, "http_request_duration_seconds_count") == sent
+            assert _total(samples, "http_requests_total", LIST_ROUTE) == sent
+            assert _total(samples, "http_request_duration_seconds_count", LIST_ROUTE) == sent
         (shared,) = _shared_directories(tmp_path, server.pid)
         assert len({p.name for p in shared.glob("counter_*.db")}) == 2  # both served, both counted
         assert shared.parent.stat().st_mode & 0o777 == 0o700

@@ -24,7 +24,7 @@ from backend import ratelimit
 from backend.config import Settings, settings_or_exit
 from backend.main import create_app
 from backend.ratelimit import RateLimiter
-from tests.conftest import SECRET, bearer, serve
+from tests.conftest import SECRET, bearer, free_port, serve
 
 MINUTE_START = 60.0 * 29_000_000  # a wall-clock time on a minute boundary, as limits' windows are
 
@@ -51,13 +51,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     return fake
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @dataclass
 class RedisServer:
     url: str
@@ -75,7 +68,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         if os.environ.get("CI"):  # make test installs it wherever it can, as in CI
             pytest.fail(reason)
         pytest.skip(reason)
-    port = _free_port()
+    port = free_port()
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
     process = subprocess.Popen(  # noqa: S603 (the Debian binary, fixed arguments)
         [*command, "--save", "", "--appendonly", "no", "--logfile", str(tmp_path / "redis.log")]

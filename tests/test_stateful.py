@@ -23,6 +23,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from backend.models import DESCRIPTION_CONTROLS, TITLE_CONTROLS
 from tests.conftest import bearer
 
 EXAMPLES = int(os.environ.get("STATEFUL_EXAMPLES", "40"))
@@ -41,8 +42,12 @@ def trimmed(title: str) -> str:
     return title.strip(UNICODE_WHITESPACE)
 
 
-titles = st.text(min_size=1, max_size=200).filter(lambda t: trimmed(t) and "\x00" not in t)
-descriptions = st.none() | st.text(max_size=300).filter(lambda t: "\x00" not in t)
+titles = st.text(min_size=1, max_size=200).filter(
+    lambda t: trimmed(t) and not TITLE_CONTROLS.search(trimmed(t))
+)
+descriptions = st.none() | st.text(max_size=300).filter(
+    lambda t: not DESCRIPTION_CONTROLS.search(t)
+)
 USER_SLOTS = st.sampled_from([0, 1, 2])
 
 

@@ -9,6 +9,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from backend.routes.tasks import MAX_PAGE_BYTES
 from tests.conftest import Database, Headers, bearer
 
 UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -212,3 +213,32 @@ async def test_location_and_link_encode_the_user_id(
     second = await client.get(next_page[1], headers=headers)
     assert second.status_code == 200
     assert [task["id"] for task in second.json()] == [created[1].json()["id"]]
+
+
+async def test_a_page_stops_at_its_byte_budget_and_link_yields_every_task_once(
+    client: httpx.AsyncClient, db: Database, alice: Headers
+) -> None:
+    """1,000 long tasks would be a 13 MB page; a page ends before 512 KiB of JSON instead, and
+    following Link still yields every task exactly once. Rows written before control
+    characters were refused (by SQL here) count at their escaped size."""
+    await client.post("/api/alice/tasks", headers=alice, json={"title": "first"})  # the user row
+    await db.execute(
+        "INSERT INTO tasks (user_id, title, description) SELECT 'alice', 't' || g,"
+        " CASE WHEN g % 2 = 0 THEN repeat(chr(1), 2000) ELSE repeat('\\', 2000) END"
+        " FROM generate_series(1, 400) g"
+    )
+    expected = [row[0] for row in await db.fetch("SELECT id FROM tasks ORDER BY id")]
+    seen: list[int] = []
+    url: str | None = "/api/alice/tasks"
+    pages = 0
+    while url is not None:
+        response = await client.get(url, headers=alice)
+        assert response.status_code == 200
+        assert len(response.content) <= MAX_PAGE_BYTES
+        seen += [task["id"] for task in response.json()]
+        pages += 1
+        link = response.headers.get("Link")
+        url = re.fullmatch(r'<([^>]+)>; rel="next"', link)[1] if link else None  # type: ignore[index]
+    assert seen == expected
+    # About 8 KB a task (escapes: \\ is 2 bytes, U+0001 is 6): pages of ~120 tasks, not 1,000.
+    assert 6 <= pages <= 8

@@ -8,6 +8,8 @@ row asks a second question: was it missing (404), or ruled out by a precondition
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from itertools import accumulate
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -30,6 +32,9 @@ from backend.models import MAX_ID, CreateTask, ErrorOut, TaskOut, UpdateTask, Va
 from backend.responses import JsonResponse, dumps
 
 MAX_PAGE = 1000
+# A page also ends before its JSON passes this size (a user's tasks can be long: 1,000 of them
+# up to 13 MB); the Link header continues it, so following Link still yields every task once.
+MAX_PAGE_BYTES = 512 * 1024
 
 
 def _error(description: str, model: type = ErrorOut) -> dict[str, Any]:
@@ -95,6 +100,18 @@ def _task(row: Row, status_code: int = 200, headers: dict[str, str] | None = Non
     return JsonResponse(task, status_code, headers)
 
 
+def _without_size(row: Row) -> dict[str, Any]:
+    task = dict(row)
+    del task["page_bytes"]
+    return task
+
+
+def _first_that_fit(page: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """The longest start of `page` whose JSON array fits in `budget` bytes (one task at least)."""
+    ends = list(accumulate(len(dumps(task)) + 1 for task in page))  # each with its comma
+    return page[: max(1, bisect_right(ends, budget - 1))]  # the array's brackets: 2 bytes
+
+
 def _path(request: Request, route: str, user_id: str, **parameters: str) -> str:
     """A URL path of this API, the user id percent-encoded: `sub` may be any string."""
     return str(request.app.url_path_for(route, user_id=quote(user_id, safe=""), **parameters))
@@ -115,8 +132,10 @@ async def _refusal(
     response_model=list[TaskOut],
     summary="List the user's tasks",
     description='Ordered by id. Pages with `limit` and `after_id`; a `Link: <...>; rel="next"` '
-    "header points at the next page while more remain. The `ETag` changes whenever the page "
-    "would; send it back in `If-None-Match` for a 304 while nothing changed.",
+    "header points at the next page while more remain. A page also ends before its JSON "
+    "passes 512 KiB, so it may hold fewer than `limit` tasks: follow `Link`. The `ETag` "
+    "changes whenever the page would; send it back in `If-None-Match` for a 304 while "
+    "nothing changed.",
     responses=_NOT_MODIFIED,
     openapi_extra={"parameters": [_IF_NONE_MATCH]},
 )
@@ -129,21 +148,31 @@ async def list_tasks(
     after_id: Annotated[int, Query(ge=0, le=MAX_ID, description="Start after this id.")] = 0,
 ) -> Response:
     wanted = if_none_match(request.headers)
-    # One extra row tells whether another page exists.
+    # One row more than the page holds (past `limit`, or past the byte budget) says that
+    # another page follows.
     rows = await crud.list_page(
-        database, user.id, after_id=after_id, rows=limit + 1, completed=completed
+        database,
+        user.id,
+        after_id=after_id,
+        rows=limit + 1,
+        completed=completed,
+        budget=MAX_PAGE_BYTES,
     )
+    more = len(rows) > limit or (len(rows) > 1 and rows[-1]["page_bytes"] > MAX_PAGE_BYTES)
+    page = [_without_size(row) for row in (rows[:-1] if more else rows)]
+    body = dumps(page)
+    if len(body) > MAX_PAGE_BYTES and len(page) > 1:  # JSON's escapes outgrew the text
+        page = _first_that_fit(page, MAX_PAGE_BYTES)
+        body, more = dumps(page), True
     link = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        query = request.url.include_query_params(after_id=rows[-1]["id"]).query
+    if more:
+        query = request.url.include_query_params(after_id=page[-1]["id"]).query
         link = f'<{_path(request, "list_tasks", user.id)}?{query}>; rel="next"'
-    body = dumps([dict(row) for row in rows])
     etag = page_etag(body, link)
     if unchanged := not_modified(wanted, etag):
         return unchanged
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL} | ({"Link": link} if link else {})
-    return Response(body, headers=headers, media_type=JsonResponse.media_type)
+    return JsonResponse(body, headers=headers)
 
 
 @router.post(
