@@ -332,7 +332,11 @@ class TokenVerifier:
             # a token we cannot trust: 401, never a 500. Logged, since it may hide a bug of ours.
             logger.warning("token verification failed unexpectedly", exc_info=exc)
             raise TokenError("Token signature or claims are invalid.") from exc
-        return _user_from(claims), float(claims["exp"])
+        try:
+            expires_at = float(claims["exp"])
+        except OverflowError as exc:  # an integer past float range: PyJWT compared it as int
+            raise TokenError("Token 'exp' is not a usable time.") from exc
+        return _user_from(claims), expires_at
 
     async def _key_for(self, algorithm: str, kid: object) -> Any:
         if algorithm in HMAC_ALGORITHMS:

@@ -95,6 +95,14 @@ def _bad_authorizations(now: int) -> dict[str, tuple[str | None, tuple[str, str]
         "sub with NUL": ("Bearer " + make_token("ali\x00ce"), UNUSABLE_SUB),
         "sub with lone surrogate": ("Bearer " + make_token("ali\ud800ce"), UNUSABLE_SUB),
         "sub over 255 characters": (f"Bearer {make_token('a' * 256)}", UNUSABLE_SUB),
+        # Correctly signed, but past what a float holds: a 401, not an OverflowError.
+        "exp past float range": (
+            f"Bearer {make_token('alice', exp=10**400)}",
+            ("invalid_token", "Token 'exp' is not a usable time."),
+        ),
+        "exp infinite": (f"Bearer {make_token('alice', exp=float('inf'))}", FORGED),
+        "iat past float range": (f"Bearer {make_token('alice', iat=10**400)}", NOT_YET),
+        "nbf past float range": (f"Bearer {make_token('alice', nbf=10**400)}", NOT_YET),
         "missing exp": (
             f"Bearer {make_token('alice', exp=None)}",
             ("invalid_token", "Token lacks the 'exp' claim."),
