@@ -23,12 +23,20 @@ from tests.jwks_server import JwksServer, SigningKey, make_key
 ALGORITHMS = ["EdDSA", "ES256", "RS256", "PS256"]
 
 
-@pytest.fixture
-async def jwks_server() -> AsyncIterator[JwksServer]:
+@pytest.fixture(scope="module")
+async def _module_jwks_server() -> AsyncIterator[JwksServer]:
+    """One key server for the module: stopping a uvicorn takes a tenth of a second or more."""
     server = JwksServer()
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+def jwks_server(_module_jwks_server: JwksServer) -> JwksServer:
+    """The module's key server, serving an empty key set plainly with no requests seen."""
+    _module_jwks_server.reset()
+    return _module_jwks_server
 
 
 CacheFactory = Callable[..., JwksCache]
@@ -75,7 +83,7 @@ async def test_known_key_costs_no_fetch(jwks_server: JwksServer, make_cache: Cac
         await verifier.verify(key.sign())
     await asyncio.sleep(0.05)  # a background refresh, had one been started, would be done now
     assert jwks_server.requests == 1
-    assert jwks_server.accept == b"application/json"
+    assert jwks_server.request_headers[b"accept"] == b"application/json"
 
 
 async def test_stale_keys_are_refetched_once_per_ttl_in_the_background(
