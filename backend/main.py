@@ -63,7 +63,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         verifier = TokenVerifier.from_settings(settings, http)
         if verifier.jwks is not None:
             stack.push_async_callback(verifier.jwks.aclose)
-            await verifier.jwks.refresh()  # a failure is logged; keys are fetched again on demand
+            # Never fetched, so stale: the first fetch starts in the background. Serving never
+            # waits on the key server; a request that needs a key awaits this same fetch.
+            verifier.jwks.refresh_if_stale()
 
         app.state.database = database
         app.state.verifier = verifier

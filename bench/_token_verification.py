@@ -44,7 +44,7 @@ async def main() -> None:
     await server.start()
     try:
         async with httpx.AsyncClient() as http:
-            cache = JwksCache(server.url, http, ttl=3600, cooldown=1)
+            cache = JwksCache(server.url, http, ttl=3600, cooldown=1, timeout=5)
             await cache.refresh()
             verifier = TokenVerifier(
                 algorithms=["HS256", "EdDSA", "ES256", "RS256"], secret=SECRET, jwks=cache

@@ -1,18 +1,24 @@
-"""Better Auth's asymmetric tokens: the JWKS key cache, rotation, outages, and attacks."""
+"""Better Auth's asymmetric tokens: the JWKS key cache, rotation, outages, and attacks,
+including key servers that are slow, huge, malformed or hostile."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import gzip
 import logging
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 import jwt
 import orjson
 import pytest
 from fastapi import FastAPI
+from jwt.warnings import InsecureKeyLengthWarning
 
 from backend.auth import MAX_JWKS_BYTES, JwksCache, TokenError, TokenVerifier
 from backend.config import Settings
@@ -48,9 +54,14 @@ async def make_cache(jwks_server: JwksServer) -> AsyncIterator[CacheFactory]:
     caches: list[JwksCache] = []
     async with httpx.AsyncClient(timeout=2) as http:
 
-        def make(*, url: str | None = None, ttl: float = 300, cooldown: float = 0) -> JwksCache:
-            caches.append(JwksCache(url or jwks_server.url, http, ttl=ttl, cooldown=cooldown))
-            return caches[-1]
+        def make(
+            *, url: str | None = None, ttl: float = 300, cooldown: float = 0, timeout: float = 2
+        ) -> JwksCache:
+            cache = JwksCache(
+                url or jwks_server.url, http, ttl=ttl, cooldown=cooldown, timeout=timeout
+            )
+            caches.append(cache)
+            return cache
 
         yield make
         for cache in caches:
@@ -84,6 +95,7 @@ async def test_known_key_costs_no_fetch(jwks_server: JwksServer, make_cache: Cac
     await asyncio.sleep(0.05)  # a background refresh, had one been started, would be done now
     assert jwks_server.requests == 1
     assert jwks_server.request_headers[b"accept"] == b"application/json"
+    assert jwks_server.request_headers[b"accept-encoding"] == b"gzip"  # the one we decode
 
 
 async def test_stale_keys_are_refetched_once_per_ttl_in_the_background(
@@ -120,48 +132,172 @@ async def test_a_failing_endpoint_is_retried_at_most_once_per_cooldown(
     assert jwks_server.requests == 2
 
 
+def _gzip(body: bytes) -> bytes:
+    return gzip.compress(body, mtime=0)
+
+
+def _one_key_set(**member: object) -> bytes:
+    """A key set of one Ed25519 key, kid "k2", with `member` overriding its JWK members."""
+    jwk = {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "kid": "k2",
+        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+    }
+    return orjson.dumps({"keys": [{**jwk, **member}]})
+
+
+_KNOWN_KEY = make_key("EdDSA", "k1")  # what each broken body's test fetched first
+_WEAK_RSA = make_key("RS256", "weak", key_size=1024)
+_NOT_A_JWKS = '(ValueError: JWKS is not a JSON object with a "keys" list)'
+
+
 @pytest.mark.parametrize(
-    ("body", "reason"),
+    ("body", "content_encoding", "reason"),
     [
-        (b"[]", 'JWKS is not a JSON object with a "keys" list'),
-        (b'{"keys": 5}', 'JWKS is not a JSON object with a "keys" list'),
-        (b'{"keys": "k1"}', 'JWKS is not a JSON object with a "keys" list'),
-        (b"not json", "JSONDecodeError"),
-        (b'{"keys": [], "pad": "' + b"p" * (1 << 20) + b'"}', "JWKS larger than 1048576 bytes"),
+        (b"[]", None, _NOT_A_JWKS),
+        (b'{"keys": 5}', None, _NOT_A_JWKS),
+        (b'{"keys": "k1"}', None, _NOT_A_JWKS),
+        (b"not json", None, "(JSONDecodeError: invalid literal"),
+        (
+            b'{"keys": [], "pad": "' + b"p" * (1 << 20) + b'"}',
+            None,
+            "(ValueError: JWKS Content-Length 1048599 is over 1048576 bytes)",
+        ),
+        (
+            b'{"keys": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}",
+            None,
+            "(JSONDecodeError: depth limit exceeded",
+        ),
+        (
+            _one_key_set(kty=["OKP"]),
+            None,
+            "(ValueError: no usable key among 1: 'k2': 'kty' ['OKP'] is not a public key type)",
+        ),
+        (
+            _one_key_set(alg=["EdDSA"]),
+            None,
+            "(ValueError: no usable key among 1: 'k2': 'alg' ['EdDSA'] is not an algorithm "
+            "we accept)",
+        ),
+        (
+            orjson.dumps({"keys": [_WEAK_RSA.jwk]}),
+            None,
+            "(ValueError: no usable key among 1: 'weak': an RSA key of 1024 bits, under 2048)",
+        ),
+        (
+            orjson.dumps({"keys": [_KNOWN_KEY.jwk]}),
+            "br",
+            "(ValueError: JWKS Content-Encoding 'br' is not supported)",
+        ),
+        (
+            _gzip(orjson.dumps({"keys": [_KNOWN_KEY.jwk]}))[:-4],  # no length trailer: unchecked
+            "gzip",
+            "(ValueError: JWKS gzip body ends before its gzip stream does)",
+        ),
+        (b"not gzip", "gzip", "(error: Error -3 while decompressing data: incorrect header check)"),
     ],
-    ids=["array", "keys a number", "keys a string", "not JSON", "over 1 MiB"],
+    ids=[
+        "array",
+        "keys a number",
+        "keys a string",
+        "not JSON",
+        "Content-Length over 1 MiB",
+        "nested 100,000 deep",
+        "kty a list",
+        "alg a list",
+        "only a 1024-bit RSA key",
+        "brotli",
+        "gzip cut short",
+        "gzip that is not",
+    ],
 )
 async def test_a_broken_key_set_is_refused_and_known_keys_kept(
     jwks_server: JwksServer,
     make_cache: CacheFactory,
     caplog: pytest.LogCaptureFixture,
     body: bytes,
+    content_encoding: str | None,
     reason: str,
 ) -> None:
-    key = make_key("EdDSA", "k1")
-    jwks_server.keys = [key]
+    jwks_server.keys = [_KNOWN_KEY]
     cache = make_cache()
+    verifier = _verifier(cache)
     assert await cache.refresh()
     jwks_server.body = body
+    if content_encoding is not None:
+        jwks_server.headers = [(b"content-encoding", content_encoding.encode())]
     with caplog.at_level(logging.WARNING, logger="backend.auth"):
         assert not await cache.refresh()
+        with pytest.raises(TokenError) as caught:  # an unknown kid meets the same body: a 401
+            await verifier.verify(make_key("EdDSA", "k2").sign())
+    assert caught.value.code == "unknown_key"
     assert cache.kids == {"k1"}
-    assert reason in caplog.text
-    assert (await _verifier(cache).verify(key.sign())).id == "ba-user"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2  # one line per failed fetch
+    assert lines[0].startswith(f"JWKS fetch from {jwks_server.url} failed {reason}"), lines[0]
+    assert lines[0].endswith("; keeping 1 known key(s)")
+    assert (await verifier.verify(_KNOWN_KEY.sign())).id == "ba-user"
 
 
+@pytest.mark.parametrize("content_encoding", [None, "GZIP"], ids=["plain", "gzip"])
 async def test_a_key_set_of_exactly_1_mib_is_accepted(
-    jwks_server: JwksServer, make_cache: CacheFactory
+    jwks_server: JwksServer, make_cache: CacheFactory, content_encoding: str | None
 ) -> None:
     key = make_key("EdDSA", "k1")
     body = orjson.dumps({"keys": [key.jwk], "pad": ""})
-    jwks_server.body = body.replace(
-        b'"pad":""', b'"pad":"' + b"p" * (MAX_JWKS_BYTES - len(body)) + b'"'
-    )
-    assert len(jwks_server.body) == MAX_JWKS_BYTES
+    body = body.replace(b'"pad":""', b'"pad":"' + b"p" * (MAX_JWKS_BYTES - len(body)) + b'"')
+    assert len(body) == MAX_JWKS_BYTES  # counted decoded: the gzip body is a few KiB
+    jwks_server.body = body if content_encoding is None else _gzip(body)
+    if content_encoding is not None:
+        jwks_server.headers = [(b"content-encoding", content_encoding.encode())]
     cache = make_cache()
     assert await cache.refresh()
     assert cache.kids == {"k1"}
+
+
+@functools.cache
+def _gzip_bomb() -> bytes:
+    """64 MiB that gzip packs into under 300 KiB (at its fastest level), in one gzip stream."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    spaces = b" " * (1 << 20)
+    return b"".join(packer.compress(spaces) for _ in range(64)) + packer.flush()
+
+
+_CLEAR_REFS = Path("/proc/self/clear_refs")  # Linux: writing "5" restarts the peak RSS
+
+
+def _peak_rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc/self/status")
+
+
+def _restart_peak_rss() -> int:
+    """Start the process's peak RSS afresh from its current RSS, and return it: what a fetch
+    then adds is its own peak, not earlier tests'."""
+    _CLEAR_REFS.write_text("5")
+    return _peak_rss_kib()
+
+
+@pytest.mark.skipif(not _CLEAR_REFS.exists(), reason="the peak RSS is read from Linux's /proc")
+@pytest.mark.parametrize("body", ["gzip bomb", "400 MiB plain"])
+async def test_an_oversized_body_is_cut_off_as_it_arrives(
+    jwks_server: JwksServer, make_cache: CacheFactory, caplog: pytest.LogCaptureFixture, body: str
+) -> None:
+    if body == "gzip bomb":
+        jwks_server.body = _gzip_bomb()
+        jwks_server.headers = [(b"content-encoding", b"gzip")]
+    else:  # no Content-Length to refuse it by: only counting what arrives can stop it
+        jwks_server.body, jwks_server.repeat, jwks_server.chunked = b" " * (1 << 16), 6400, True
+    cache = make_cache()
+    peak_before = _restart_peak_rss()
+    with caplog.at_level(logging.WARNING, logger="backend.auth"):
+        assert not await cache.refresh()
+    grown_kib = _peak_rss_kib() - peak_before
+    assert "failed (ValueError: JWKS larger than 1048576 bytes)" in caplog.text
+    assert grown_kib < 4 * 1024, f"the fetch raised the peak RSS by {grown_kib} KiB"
 
 
 @pytest.mark.parametrize("kid", ["k", "k" * 256], ids=["1 character", "256 characters"])
@@ -359,15 +495,139 @@ async def test_clock_skew_leeway(
             await verifier.verify(token)
 
 
-async def test_oct_keys_in_a_jwks_are_never_used(
+async def test_unusable_keys_are_skipped_and_the_others_used(
+    jwks_server: JwksServer, make_cache: CacheFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = make_key("EdDSA", "good")
+    x = good.jwk["x"]
+    published = [
+        good.jwk,
+        _WEAK_RSA.jwk,
+        {"kty": "oct", "kid": "hmac", "k": base64.urlsafe_b64encode(b"k" * 32).decode()},
+        {"kty": ["OKP"], "kid": "kty-list", "crv": "Ed25519", "x": x},
+        {"kty": "OKP", "kid": "alg-list", "alg": ["EdDSA"], "crv": "Ed25519", "x": x},
+        {**make_key("RS256", "enc").jwk, "alg": "RSA-OAEP"},  # an encryption key
+        {"kty": "OKP", "kid": "crv-list", "crv": ["Ed25519"], "x": x},
+        {"kty": "OKP", "kid": "x-number", "crv": "Ed25519", "x": 5},
+        {"kty": "OKP", "crv": "Ed25519", "x": x},
+        {"kty": "OKP", "kid": "", "crv": "Ed25519", "x": x},
+        {"kty": "OKP", "kid": "k" * 257, "crv": "Ed25519", "x": x},
+        {"kty": "OKP", "kid": 7, "crv": "Ed25519", "x": x},
+        "not an object",
+    ]
+    jwks_server.body = orjson.dumps({"keys": published})
+    cache = make_cache()
+    with caplog.at_level(logging.WARNING, logger="backend.auth"):
+        assert await cache.refresh()
+    assert cache.kids == {"good"}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"JWKS from {jwks_server.url}: skipped 12 key(s) we cannot use: "
+        "'weak': an RSA key of 1024 bits, under 2048; "
+        "'hmac': 'kty' 'oct' is not a public key type; "
+        "'kty-list': 'kty' ['OKP'] is not a public key type; "
+        "'alg-list': 'alg' ['EdDSA'] is not an algorithm we accept; "
+        "'enc': 'alg' 'RSA-OAEP' is not an algorithm we accept; "
+        "'crv-list': 'crv' ['Ed25519'] is not a curve name; "
+        "'x-number': InvalidKeyError: Unable to construct key from JWK: "
+        "Expected a string or bytes value; "
+        + "; ".join(f"key #{i}: no 'kid' a token could name" for i in range(8, 13))
+    ]
+    verifier = _verifier(cache)
+    assert (await verifier.verify(good.sign())).id == "ba-user"
+    with pytest.warns(InsecureKeyLengthWarning):  # PyJWT's only word on such keys
+        weak_token = _WEAK_RSA.sign()
+    with pytest.raises(TokenError) as caught:
+        await verifier.verify(weak_token)
+    assert caught.value.code == "unknown_key"
+
+
+async def test_a_kid_reused_for_other_key_material_takes_its_cached_tokens_with_it(
+    jwks_server: JwksServer, make_cache: CacheFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = make_key("EdDSA", "k1")
+    jwks_server.keys = [first]
+    cache = make_cache()
+    verifier = _verifier(cache)
+    token = first.sign()
+    assert (await verifier.verify(token)).id == "ba-user"
+    assert await cache.refresh()  # the same key again: its verified tokens stay
+    assert verifier._verified.get(token) is not None
+
+    jwks_server.keys = [make_key("EdDSA", "k1")]  # the name stays, the key is another
+    with caplog.at_level(logging.INFO, logger="backend.auth"):
+        assert await cache.refresh()
+    assert "JWKS keys changed: added ['k1'], removed ['k1']" in caplog.text
+    with pytest.raises(TokenError, match=r"^Token signature or claims are invalid\.$"):
+        await verifier.verify(token)
+
+
+async def test_a_dripping_key_server_is_cut_off_at_the_timeout(
+    jwks_server: JwksServer, make_cache: CacheFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    jwks_server.keys = [make_key("EdDSA", "k1")]
+    jwks_server.drip = 0.05  # a byte every 50 ms: httpx's per-read timeout (2 s) never trips
+    cache = make_cache(timeout=0.3)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="backend.auth"):
+        async with asyncio.timeout(3):  # unbounded, the body would take ~10 s
+            assert not await cache.refresh()
+    assert 0.3 <= time.monotonic() - started < 1.5
+    assert caplog.records[0].getMessage() == (
+        f"JWKS fetch from {jwks_server.url} failed (TimeoutError: no complete response within "
+        "0.3 s); keeping 0 known key(s)"
+    )
+
+
+async def test_a_failed_fetch_answers_every_request_waiting_on_it(
     jwks_server: JwksServer, make_cache: CacheFactory
 ) -> None:
-    hmac_key = make_key("EdDSA", "k1")
-    hmac_key.jwk = {"kty": "oct", "kid": "k1", "k": base64.urlsafe_b64encode(b"k" * 32).decode()}
-    jwks_server.keys = [hmac_key]
+    signer = make_key("EdDSA", "k2")
+    jwks_server.body = _one_key_set(kty=["OKP"])  # a key set we cannot use
+    jwks_server.delay = 0.05  # in flight while all ten requests arrive
+    cache = make_cache(cooldown=1)
+    verifier = _verifier(cache)
+    started = time.monotonic()
+    async with asyncio.timeout(5):
+        results = await asyncio.gather(
+            *(verifier.verify(signer.sign()) for _ in range(10)), return_exceptions=True
+        )
+    assert [getattr(r, "code", r) for r in results] == ["unknown_key"] * 10
+    assert jwks_server.requests == 1
+    assert time.monotonic() - started < 1  # no request waited out a cooldown for its own fetch
+
+
+async def test_a_request_that_gives_up_leaves_the_shared_fetch_to_the_others(
+    jwks_server: JwksServer, make_cache: CacheFactory
+) -> None:
+    jwks_server.keys = [make_key("EdDSA", "k1")]
+    jwks_server.delay = 0.1
     cache = make_cache()
-    await cache.refresh()
-    assert cache.kids == frozenset()
+    impatient = asyncio.create_task(cache.key_for("k1"))
+    patient = asyncio.create_task(cache.key_for("k1"))
+    await asyncio.sleep(0.02)  # both wait on the one fetch now
+    impatient.cancel()  # its client hung up
+    assert (await patient).key_type == "OKP"
+    assert impatient.cancelled()
+    assert jwks_server.requests == 1
+
+
+async def test_credentials_in_the_jwks_url_go_as_basic_auth_and_are_never_logged(
+    jwks_server: JwksServer, make_cache: CacheFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    jwks_server.status = 503
+    cache = make_cache(url=jwks_server.url.replace("http://", "http://jwks-user:pa%3Ass@"))
+    with (  # the last at_level sets caplog's handler level: DEBUG, for httpx's own lines too
+        caplog.at_level(logging.WARNING, logger="backend.auth"),
+        caplog.at_level(logging.DEBUG, logger="httpcore"),
+        caplog.at_level(logging.DEBUG, logger="httpx"),
+    ):
+        assert not await cache.refresh()
+    basic = base64.b64encode(b"jwks-user:pa:ss")
+    assert jwks_server.request_headers[b"authorization"] == b"Basic " + basic
+    assert {r.name for r in caplog.records} >= {"httpx", "backend.auth"}  # both spoke...
+    assert "pa%3Ass" not in caplog.text  # ... and neither named the credentials
+    assert "jwks-user" not in caplog.text
+    assert f"JWKS fetch from {jwks_server.url} failed (HTTPStatusError" in caplog.text
 
 
 # --- the attack matrix, over HTTP, on an app that accepts both HS256 and JWKS tokens ---------
@@ -386,6 +646,7 @@ async def jwks_app(
         make_key("EdDSA", "okp-no-alg", publish_alg=False),
         make_key("ES384", "p384-no-alg", publish_alg=False),
         make_key("RS256", "rsa-declared-rs256"),  # its "alg" says RS256: not PS256 then
+        _WEAK_RSA,  # 1024 bits: dropped when the key set is read
     ]
     configured = Settings(
         _env_file=None,
@@ -408,6 +669,54 @@ def _b64(data: bytes) -> str:
 
 def _claims(server: JwksServer) -> dict[str, object]:
     return {"sub": "ba-user", "iss": server.base_url, "aud": server.base_url}
+
+
+async def test_start_up_and_health_never_wait_for_the_key_server(
+    settings: Settings, jwks_server: JwksServer, clean_tables: None
+) -> None:
+    key = make_key("EdDSA", "k1")
+    jwks_server.keys = [key]
+    jwks_server.drip = 0.05  # ~10 s for the body, and no read ever waits 0.5 s
+    configured = Settings(
+        _env_file=None,
+        database_url=settings.database_url,
+        better_auth_secret=SECRET,
+        better_auth_url=jwks_server.base_url,
+        jwks_fetch_timeout_seconds=0.5,
+        jwks_refetch_cooldown_seconds=0,
+    )
+    app: FastAPI = create_app(configured)
+    claims = _claims(jwks_server)
+    hs256 = jwt.encode(
+        {**claims, "sub": "alice", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"
+    )
+    started = time.monotonic()
+    async with (
+        asyncio.timeout(5),
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client,
+    ):
+        health = await client.get("/healthz")
+        served = await client.get("/api/alice/tasks", headers={"Authorization": f"Bearer {hs256}"})
+        assert (health.status_code, served.status_code) == (200, 200)
+        assert jwks_server.requests == 1  # start-up's fetch is under way, still dripping
+        assert app.state.verifier.jwks.kids == frozenset()
+
+        # A key-signed request waits for that same fetch, which the timeout ends.
+        ours = {"Authorization": f"Bearer {key.sign(claims)}"}
+        refused = await client.get("/api/ba-user/tasks", headers=ours)
+        waited = time.monotonic() - started
+        jwks_server.drip = 0
+        accepted = await client.get("/api/ba-user/tasks", headers=ours)
+    assert refused.json() == {
+        "detail": "Token is signed with an unknown key.",
+        "code": "unknown_key",
+    }
+    assert 0.5 <= waited < 2
+    assert accepted.status_code == 200
+    assert jwks_server.requests == 2
+    # httpx logs each request at INFO with its full URL: the app keeps that logger quieter.
+    assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
 
 
 FORGED = ("invalid_token", "Token signature or claims are invalid.")
@@ -435,6 +744,8 @@ def _attacks(
     )
     attacker_key = make_key("EdDSA", "attacker")
     attacker.keys = [attacker_key]
+    with pytest.warns(InsecureKeyLengthWarning):  # PyJWT signs with it all the same
+        weak_token = _WEAK_RSA.sign(claims)
     return {
         "tampered payload": (f"{header}.{forged_payload}.{signature}", FORGED),
         "same kid, other key": (impostor.sign(claims), FORGED),
@@ -473,6 +784,7 @@ def _attacks(
             _resign_header(genuine, {"alg": "EdDSA", "kid": "k" * 257}),
             NO_KID,
         ),
+        "RSA key of 1024 bits": (weak_token, UNKNOWN_KEY),
         "RSA key, EdDSA alg": (
             _resign_header(genuine, {"alg": "EdDSA", "kid": "ba-key-rsa"}),
             _cannot("ba-key-rsa", "EdDSA"),
