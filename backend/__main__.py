@@ -1,14 +1,19 @@
-"""`python -m backend token USER_ID`: a development token, for trying the API with curl."""
+"""Developer commands: `python -m backend token USER_ID` (a development token, for trying the
+API with curl) and `python -m backend openapi` (the API's OpenAPI document, as committed in
+backend/openapi.json). Neither starts a server or touches a database."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+import warnings
+from pathlib import Path
 
 import jwt
 
-from backend.config import HMAC_ALGORITHMS, get_settings
+from backend.config import HMAC_ALGORITHMS, Settings, get_settings
 
 
 def _token(user_id: str, email: str | None, ttl: int) -> str:
@@ -27,6 +32,18 @@ def _token(user_id: str, email: str | None, ttl: int) -> str:
     return jwt.encode(claims, settings.better_auth_secret.get_secret_value(), algorithm=algorithm)
 
 
+def openapi_document() -> str:
+    """The OpenAPI document as committed: from the code alone (default settings, never this
+    machine's environment or .env), in FastAPI's order, two-space indents, a final newline."""
+    from backend.main import create_app  # the app is built only for this command
+
+    app = create_app(Settings.model_construct())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # FastAPI only warns about a duplicate operation id
+        document = app.openapi()
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m backend")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -34,7 +51,16 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("user_id")
     token.add_argument("--email", default=None)
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    openapi = commands.add_parser("openapi", help="print the OpenAPI document (make contract)")
+    openapi.add_argument("--output", type=Path, help="write it to this file instead")
     args = parser.parse_args(argv)
+    if args.command == "openapi":
+        document = openapi_document()
+        if args.output is None:
+            sys.stdout.write(document)
+        else:
+            args.output.write_text(document, encoding="utf-8")
+        return
     sys.stdout.write(_token(args.user_id, args.email, args.ttl) + "\n")
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from starlette.middleware import Middleware
 
 from backend.auth import TokenVerifier
@@ -94,6 +95,13 @@ def _return_large_blocks_to_the_system() -> None:
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
+def _operation_id(route: APIRoute) -> str:
+    """The endpoint function's name in camelCase (`list_tasks` -> `listTasks`): generated clients
+    name their functions after it, so it changes only when the function is renamed."""
+    first, *rest = route.name.split("_")
+    return first + "".join(word.capitalize() for word in rest)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Without `settings`, they are read from the environment and `.env`."""
     settings = settings or get_settings()
@@ -110,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Per-user tasks for a Better Auth web client.",
         lifespan=_lifespan,
         middleware=_middleware(settings, metrics),  # outermost first
+        generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
     app.state.metrics = metrics
