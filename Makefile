@@ -14,7 +14,7 @@ PORT ?= 8000
 WORKERS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock run serve migrate token test pgbouncer redis-server fuzz bench mutate check lint types format clean example e2e chromium
+.PHONY: help install lock run serve migrate token test pgbouncer redis-server fuzz bench mutate check lint types format clean example e2e chromium contract
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -149,9 +149,27 @@ bench: install $(WRK) ## API vs raw Starlette+asyncpg ceiling, curve, scale, mem
 	$(SYNC) --extra bench
 	$(BIN)/python -m bench._throughput
 
-lint: install
+# The API's contract, both files committed: the OpenAPI document (from the code) and the web
+# client's TypeScript types (from that document, by openapi-typescript). Reviewers read API
+# changes as their diff; make lint fails while either differs from what the code produces.
+OPENAPI := backend/openapi.json
+SCHEMA_TS := $(EXAMPLE)/src/api/schema.d.ts
+NODE := $(BIN)/node
+# $(call generate_contract,<the OpenAPI document>,<the TypeScript types>)
+generate_contract = $(BIN)/python -m backend openapi --output $(1) && \
+	$(NODE) $(EXAMPLE)/node_modules/openapi-typescript/bin/cli.js $(1) --output $(2) > /dev/null
+
+contract: install $(EXAMPLE)/node_modules/.package-lock.json ## regenerate the API contract: backend/openapi.json and the web client's types
+	$(call generate_contract,$(OPENAPI),$(SCHEMA_TS))
+
+lint: install $(EXAMPLE)/node_modules/.package-lock.json ## ruff, the contract is current, tsc on the web client
 	$(BIN)/ruff check backend tests examples $(wildcard bench)
 	$(BIN)/ruff format --check backend tests examples $(wildcard bench)
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+		$(call generate_contract,"$$tmp/openapi.json","$$tmp/schema.d.ts") || exit 1; \
+		cmp -s "$$tmp/openapi.json" $(OPENAPI) && cmp -s "$$tmp/schema.d.ts" $(SCHEMA_TS) || \
+		{ echo "$(OPENAPI) or $(SCHEMA_TS) is not what the code produces: run make contract"; exit 1; }
+	$(NODE) $(EXAMPLE)/node_modules/typescript/bin/tsc --noEmit -p $(EXAMPLE)
 
 types: install
 	$(BIN)/mypy

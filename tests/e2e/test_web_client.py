@@ -3,56 +3,43 @@ API and a real Better Auth, started by the same launcher `make example` runs.
 
 A person's story: sign up, add three tasks, toggle one, rename one, delete one, reload and find
 the same state; a refused request shows the API's sentence; a second person in another browser
-context sees none of it. The page's JWT handling is driven for real too: a token rejected with
-401 is replaced and the request retried once, and an expired one is replaced before use.
+context sees none of it. The client's middleware (src/todo-api.ts) is driven for real too: a
+token rejected with 401 is replaced and the request retried once, an expired one is replaced
+before use, a read refused with 503 is retried after its Retry-After (not sooner, and at most
+a second of jitter later), a create whose answer was lost is resent with its Idempotency-Key
+and happens once, and a write without a key is never sent twice.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Route, async_playwright, expect
 
-ROOT = Path(__file__).resolve().parents[2]
-LAUNCHER = ROOT / "examples" / "web-client" / "run.py"
+from tests.e2e.conftest import EXAMPLE, ROOT, free_port, wait_until_up
+
+LAUNCHER = EXAMPLE / "run.py"
 ARTIFACTS = ROOT / "test-results" / "e2e"
 PASSWORD = "correct horse battery staple"
 
 
 def test_the_readme_shows_the_client_code_the_page_runs() -> None:
-    code = (ROOT / "examples" / "web-client" / "public" / "todo-api.js").read_text()
-    assert f"```js\n{code}```" in (ROOT / "README.md").read_text()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1):  # noqa: S310 (loopback)
-            return True
-    except OSError:
-        return False
+    code = (EXAMPLE / "src" / "todo-api.ts").read_text()
+    assert f"```ts\n{code}```" in (ROOT / "README.md").read_text()
 
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """`make example` on free ports and a throwaway data directory: (page origin, API origin)."""
-    web_port, api_port = _free_port(), _free_port()
+    web_port, api_port = free_port(), free_port()
     workdir = tmp_path_factory.mktemp("web-client")
     log = (workdir / "example.log").open("w")
     env = {**os.environ, "WEB_PORT": str(web_port), "API_PORT": str(api_port)}
@@ -61,12 +48,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
         [sys.executable, str(LAUNCHER)], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     web, api = f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{api_port}"
-    deadline = time.monotonic() + 120
-    while not (_answers(web) and _answers(f"{api}/readyz")):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("the example did not start:\n" + (workdir / "example.log").read_text())
-        time.sleep(0.3)
+    wait_until_up([web, f"{api}/readyz"], process, workdir / "example.log")
     yield web, api
     process.send_signal(signal.SIGINT)  # what Ctrl-C on `make example` does
     try:
@@ -92,9 +74,38 @@ async def browser() -> AsyncIterator[Browser]:
         await chromium.close()
 
 
-@pytest.fixture
-async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
+async def _new_context(browser: Browser, web: str) -> BrowserContext:
+    """A browser context whose page records its calls to the API in `window.apiCalls`."""
     context = await browser.new_context()
+    await context.add_init_script(_RECORD_API_CALLS)
+    return context
+
+
+# Each fetch() of the page to another origin (the API), by the page's clock: when it was sent
+# and answered, with what.
+_RECORD_API_CALLS = """
+window.apiCalls = [];
+const pageFetch = window.fetch;
+window.fetch = async (input, init) => {
+  const request = new Request(input, init);
+  const call = { method: request.method, path: new URL(request.url).pathname,
+                 key: request.headers.get("Idempotency-Key"), sentAt: Date.now() };
+  if (new URL(request.url).origin !== location.origin) window.apiCalls.push(call);
+  const response = await pageFetch(request);
+  Object.assign(call, { status: response.status, answeredAt: Date.now() });
+  return response;
+};
+"""
+
+
+async def _api_calls(page: Page) -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = await page.evaluate("window.apiCalls")
+    return calls
+
+
+@pytest.fixture
+async def context(browser: Browser, example: tuple[str, str]) -> AsyncIterator[BrowserContext]:
+    context = await _new_context(browser, example[0])
     yield context
     await context.close()
 
@@ -154,7 +165,7 @@ async def test_a_persons_day_with_the_web_client(
     await expect(page.locator("#error")).to_be_hidden()
 
     # Another person, another browser context: none of alice's tasks, and theirs stay theirs.
-    bobs_context = await browser.new_context()
+    bobs_context = await _new_context(browser, web)
     bobs = await bobs_context.new_page()
     await _sign_up(bobs, web, "bob@example.com")
     await expect(bobs.locator("#empty")).to_be_visible()
@@ -223,3 +234,123 @@ async def test_an_expired_token_is_replaced_before_it_is_used(
     await page.clock.fast_forward("16:00")  # Better Auth's JWTs live 15 minutes
     await _add(page, "with a new token")
     assert len(token_fetches) == 1
+
+
+UNAVAILABLE = {"detail": "The database is unavailable.", "code": "database_unavailable"}
+
+
+async def _unavailable(route: Route, retry_after: str) -> None:
+    """Send the request on to the real API, and let its answer be lost: the page gets a 503
+    (with the API's own CORS headers and request id) instead."""
+    response = await route.fetch()
+    headers = response.headers | {"retry-after": retry_after, "content-type": "application/json"}
+    await route.fulfill(
+        response=response, status=503, headers=headers, body=json.dumps(UNAVAILABLE)
+    )
+
+
+async def _pause_clock(page: Page) -> None:
+    """From here on the page's timers fire only when the test moves its clock on."""
+    await page.clock.pause_at(await page.evaluate("Date.now() / 1000") + 1)  # in seconds
+
+
+async def test_a_read_refused_with_503_is_sent_again_after_retry_after_with_jitter(
+    example: tuple[str, str], context: BrowserContext
+) -> None:
+    web, api = example
+    page = await context.new_page()
+    await page.clock.install()
+    await _sign_up(page, web, "erin@example.com")
+    await _add(page, "still here")
+    await page.get_by_role("button", name="Sign out").click()
+    await page.evaluate("window.apiCalls.length = 0")  # the calls before signing out aside
+    refused: list[str] = []
+
+    async def unavailable_once(route: Route) -> None:
+        if refused:
+            await route.fulfill(response=await route.fetch())
+        else:
+            refused.append(route.request.url)
+            await _unavailable(route, retry_after="2")
+
+    await page.route(f"{api}/api/*/tasks", unavailable_once)
+    await _pause_clock(page)
+    await page.get_by_label("Email").fill("erin@example.com")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()  # then the page lists the tasks
+    await page.wait_for_function("window.apiCalls.some((call) => call.status === 503)")
+
+    await page.clock.run_for(1999)  # Retry-After: 2, and not a millisecond sooner
+    assert len(await _api_calls(page)) == 1
+    await page.clock.run_for(1001)  # jitter: up to one second more
+    await expect(page.locator("#tasks .title")).to_have_text(["still here"])
+    first, again = await _api_calls(page)
+    assert (first["status"], again["status"]) == (503, 200)
+    assert 2000 <= again["sentAt"] - first["answeredAt"] <= 3000
+    await expect(page.locator("#error")).to_be_hidden()
+
+
+async def test_a_create_whose_answer_was_lost_is_sent_again_and_happens_once(
+    example: tuple[str, str], context: BrowserContext
+) -> None:
+    web, api = example
+    page = await context.new_page()
+    await page.clock.install()
+    await _sign_up(page, web, "frank@example.com")
+    await expect(page.locator("#empty")).to_be_visible()
+    replayed: list[str | None] = []  # the real API's Idempotent-Replayed, per create it got
+
+    async def lose_the_first_answer(route: Route) -> None:
+        if route.request.method != "POST":
+            await route.fallback()
+        elif not replayed:  # the API creates the task; its answer never reaches the page
+            replayed.append(None)
+            await _unavailable(route, retry_after="1")
+        else:
+            response = await route.fetch()
+            replayed.append(response.headers.get("idempotent-replayed"))
+            await route.fulfill(response=response)
+
+    await page.route(f"{api}/api/*/tasks", lose_the_first_answer)
+    await _pause_clock(page)
+    await page.get_by_label("New task").fill("only once")
+    await page.get_by_label("New task").press("Enter")
+    await page.wait_for_function("window.apiCalls.some((call) => call.status === 503)")
+    await page.clock.run_for(2000)
+    await expect(page.locator("#tasks .title")).to_have_text(["only once"])
+
+    first, again = [call for call in await _api_calls(page) if call["method"] == "POST"]
+    assert (first["status"], again["status"]) == (503, 201)
+    assert first["key"]
+    assert again["key"] == first["key"]
+    assert replayed == [None, "true"]  # the stored answer to the first send, not a new task
+    await page.clock.resume()
+    await page.reload()
+    await expect(page.locator("#tasks .title")).to_have_text(["only once"])
+
+
+async def test_a_write_without_an_idempotency_key_is_never_sent_twice(
+    example: tuple[str, str], context: BrowserContext
+) -> None:
+    web, api = example
+    page = await context.new_page()
+    await page.clock.install()
+    await _sign_up(page, web, "grace@example.com")
+    await _add(page, "draft")
+
+    async def unavailable(route: Route) -> None:
+        await _unavailable(route, retry_after="1")
+
+    await page.route(f"{api}/api/*/tasks/*", unavailable)
+    await _pause_clock(page)
+    await page.locator("#tasks li", has_text="draft").get_by_role("button", name="Rename").click()
+    await page.get_by_label("New title for draft").fill("final")
+    await page.get_by_label("New title for draft").press("Enter")
+    await page.wait_for_function("window.apiCalls.some((call) => call.status === 503)")
+    await page.clock.run_for(10_000)  # far past any Retry-After and jitter
+
+    # A PUT may have been applied before its answer was lost: it is not sent again.
+    puts = [call for call in await _api_calls(page) if call["method"] == "PUT"]
+    assert [call.get("status") for call in puts] == [503]  # None: a second one in flight
+    await expect(page.locator("#error")).to_contain_text("The database is unavailable.")
+    await expect(page.locator("#error")).to_contain_text("(request id ")

@@ -1,30 +1,47 @@
 // The todo page: Better Auth for the session, the Todo API (another origin) for the tasks.
-import { SignedOut, api, authClient, forgetToken } from "./todo-api.js";
+import type { components } from "./api/schema";
+import { SignedOut, authClient, forgetToken, idempotencyKey, ok, todoApi } from "./todo-api";
 
-const API_URL = document.querySelector('meta[name="todo-api"]').content;
-const $ = (selector) => document.querySelector(selector);
+type Task = components["schemas"]["TaskOut"];
 
-const tasksApi = {
-  list: () => api(API_URL, "GET", "/tasks"),
-  add: (title) => api(API_URL, "POST", "/tasks", { body: { title }, idempotent: true }),
-  rename: (id, title) => api(API_URL, "PUT", `/tasks/${id}`, { body: { title } }),
-  toggle: (id) => api(API_URL, "PATCH", `/tasks/${id}/complete`, { idempotent: true }),
-  remove: (id) => api(API_URL, "DELETE", `/tasks/${id}`),
-};
+const $ = <T extends HTMLElement = HTMLElement>(selector: string) =>
+  document.querySelector(selector) as T;
+const api = todoApi($<HTMLMetaElement>('meta[name="todo-api"]').content);
+let me = ""; // the signed-in user's id, the `user_id` of every path
 
-function showError(error) {
+// The API's operations by their ids in the contract, as this page uses them.
+const listTasks = () => ok(api.GET("/api/{user_id}/tasks", { params: { path: { user_id: me } } }));
+const createTask = (title: string) =>
+  ok(
+    api.POST("/api/{user_id}/tasks", {
+      params: { path: { user_id: me }, header: idempotencyKey() },
+      body: { title },
+    }),
+  );
+const updateTask = (task_id: number, title: string) =>
+  ok(
+    api.PUT("/api/{user_id}/tasks/{task_id}", {
+      params: { path: { user_id: me, task_id } },
+      body: { title },
+    }),
+  );
+const toggleTask = (task_id: number) =>
+  ok(
+    api.PATCH("/api/{user_id}/tasks/{task_id}/complete", {
+      params: { path: { user_id: me, task_id }, header: idempotencyKey() },
+    }),
+  );
+const deleteTask = (task_id: number) =>
+  ok(api.DELETE("/api/{user_id}/tasks/{task_id}", { params: { path: { user_id: me, task_id } } }));
+
+function showError(error: unknown) {
   const box = $("#error");
-  if (!error) {
-    box.hidden = true;
-    box.textContent = "";
-    return;
-  }
-  box.textContent = error.message || String(error);
-  box.hidden = false;
+  box.textContent = error ? (error instanceof Error ? error.message : String(error)) : "";
+  box.hidden = !error;
 }
 
 // Every action goes through here: errors are shown to the person, a lost session signs out.
-async function attempt(action) {
+async function attempt(action: () => Promise<void>) {
   try {
     showError(null);
     await action();
@@ -34,9 +51,9 @@ async function attempt(action) {
   }
 }
 
-function taskItem(task) {
+function taskItem(task: Task): HTMLLIElement {
   const item = document.createElement("li");
-  item.dataset.id = task.id;
+  item.dataset.id = String(task.id);
   item.classList.toggle("done", task.completed);
 
   const done = document.createElement("input");
@@ -44,7 +61,7 @@ function taskItem(task) {
   done.checked = task.completed;
   done.setAttribute("aria-label", `Done: ${task.title}`);
   done.addEventListener("change", () =>
-    attempt(async () => item.replaceWith(taskItem(await tasksApi.toggle(task.id)))),
+    attempt(async () => item.replaceWith(taskItem(await toggleTask(task.id)))),
   );
 
   const title = document.createElement("span");
@@ -58,7 +75,7 @@ function taskItem(task) {
     field.className = "rename";
     field.value = task.title;
     field.setAttribute("aria-label", `New title for ${task.title}`);
-    const save = async () => item.replaceWith(taskItem(await tasksApi.rename(task.id, field.value)));
+    const save = async () => item.replaceWith(taskItem(await updateTask(task.id, field.value)));
     field.addEventListener("keydown", (event) => {
       if (event.key === "Enter") attempt(save);
       if (event.key === "Escape") item.replaceWith(taskItem(task));
@@ -72,7 +89,7 @@ function taskItem(task) {
   remove.textContent = "Delete";
   remove.addEventListener("click", () =>
     attempt(async () => {
-      await tasksApi.remove(task.id);
+      await deleteTask(task.id);
       item.remove();
       $("#empty").hidden = $("#tasks").children.length > 0;
     }),
@@ -82,34 +99,38 @@ function taskItem(task) {
   return item;
 }
 
-async function showTasks(user) {
+async function showTasks(user: { id: string; email: string }) {
+  me = user.id;
   $("#who").textContent = user.email;
   $("#auth").hidden = true;
   $("#todos").hidden = false;
-  const tasks = await tasksApi.list();
+  const tasks = await listTasks();
   $("#tasks").replaceChildren(...tasks.map(taskItem));
   $("#empty").hidden = tasks.length > 0;
 }
 
 async function showSignedOut() {
   forgetToken();
+  me = "";
   $("#todos").hidden = true;
   $("#tasks").replaceChildren();
   $("#auth").hidden = false;
 }
 
-$("#auth").addEventListener("submit", (event) => {
+$<HTMLFormElement>("#auth").addEventListener("submit", (event) => {
   event.preventDefault();
-  const form = new FormData(event.target);
-  const email = form.get("email");
-  const password = form.get("password");
+  const formElement = event.target as HTMLFormElement;
+  const form = new FormData(formElement);
+  const email = String(form.get("email"));
+  const password = String(form.get("password"));
+  const name = String(form.get("name") || email);
   attempt(async () => {
     const { data, error } =
-      event.submitter?.value === "sign-up"
-        ? await authClient.signUp.email({ email, password, name: form.get("name") || email })
+      (event.submitter as HTMLButtonElement | null)?.value === "sign-up"
+        ? await authClient.signUp.email({ email, password, name })
         : await authClient.signIn.email({ email, password });
     if (error) throw new Error(error.message ?? "Could not sign in.");
-    event.target.reset();
+    formElement.reset();
     await showTasks(data.user);
   });
 });
@@ -121,11 +142,11 @@ $("#sign-out").addEventListener("click", () =>
   }),
 );
 
-$("#add").addEventListener("submit", (event) => {
+$<HTMLFormElement>("#add").addEventListener("submit", (event) => {
   event.preventDefault();
-  const field = event.target.elements.title;
+  const field = $<HTMLInputElement>("#add input[name=title]");
   attempt(async () => {
-    const task = await tasksApi.add(field.value);
+    const task = await createTask(field.value);
     $("#tasks").append(taskItem(task));
     $("#empty").hidden = true;
     field.value = "";
