@@ -13,7 +13,7 @@ export interface paths {
         };
         /**
          * List the user's tasks
-         * @description Ordered by id. Pages with `limit` and `after_id`; a `Link: <...>; rel="next"` header points at the next page while more remain. The `ETag` changes whenever the page would; send it back in `If-None-Match` for a 304 while nothing changed.
+         * @description Ordered by id. Pages with `limit` and `after_id`; a `Link: <...>; rel="next"` header points at the next page while more remain. A page also ends before its JSON passes 512 KiB, so it may hold fewer than `limit` tasks: follow `Link`. The `ETag` changes whenever the page would; send it back in `If-None-Match` for a 304 while nothing changed.
          */
         get: operations["listTasks"];
         put?: never;
