@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -91,6 +98,8 @@ class DatabaseSettings(BaseSettings):
 
     # Unset: an embedded PostgreSQL is started with its data under `data_dir`.
     database_url: str | None = None
+    # Neon's name for the direct (unpooled) URL: migrations use it when set, the app never does.
+    database_url_unpooled: str | None = None
     data_dir: Path = Path(".data")
 
     db_pool_size: int = Field(default=10, ge=1, le=1000)
@@ -102,11 +111,15 @@ class DatabaseSettings(BaseSettings):
     # None = decide from the URL: off behind a transaction-mode pooler such as Neon's.
     db_statement_cache: bool | None = None
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_url_unpooled")
     @classmethod
-    def _usable_url(cls, value: str | None) -> str | None:
+    def _usable_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            normalise_url(value)  # raises ValueError naming what is wrong
+            try:
+                normalise_url(value)  # raises ValueError naming what is wrong
+            except ValueError as exc:  # its message says DATABASE_URL: name the variable given
+                variable = str(info.field_name).upper()
+                raise ValueError(str(exc).replace("DATABASE_URL", variable, 1)) from None
         return value
 
 
@@ -267,7 +280,13 @@ def settings_or_exit(kind: type[_S]) -> _S:
 
 # Values never repeated in an error: they hold credentials.
 _UNSHOWN = frozenset(
-    {"BETTER_AUTH_SECRET", "METRICS_TOKEN", "DATABASE_URL", "RATE_LIMIT_STORAGE_URL"}
+    {
+        "BETTER_AUTH_SECRET",
+        "METRICS_TOKEN",
+        "DATABASE_URL",
+        "DATABASE_URL_UNPOOLED",
+        "RATE_LIMIT_STORAGE_URL",
+    }
 )
 
 

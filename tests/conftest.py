@@ -134,7 +134,7 @@ def run_pgbouncer(postgres: EmbeddedPostgres, workdir: Path, settings: str = "")
     (workdir / "userlist.txt").write_text('"postgres" ""\n')
     (workdir / "pgbouncer.ini").write_text(
         f"""[databases]
-postgres = host={postgres.socket_dir} port={postgres.port} dbname=postgres user=postgres
+* = host={postgres.socket_dir} port={postgres.port} user=postgres
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -195,9 +195,15 @@ def bearer(user_id: str, **claims: Any) -> Headers:
     return {"Authorization": f"Bearer {make_token(user_id, **claims)}"}
 
 
-def run_alembic(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """The Alembic CLI exactly as `make migrate` runs it, in a subprocess (it owns its loop)."""
+def run_alembic(
+    database_url: str, *args: str, unpooled_url: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The Alembic CLI exactly as `make migrate` runs it, in a subprocess (it owns its loop).
+
+    Migrations prefer DATABASE_URL_UNPOOLED: it is `unpooled_url`, or `database_url` itself, so
+    a developer's `.env` can never send a test's migrations elsewhere."""
     env = {**os.environ, "DATABASE_URL": database_url}
+    env["DATABASE_URL_UNPOOLED"] = unpooled_url or database_url
     return subprocess.run(  # noqa: S603 (our own interpreter and fixed arguments)
         [sys.executable, "-m", "alembic", *args],
         cwd=ROOT,

@@ -1,26 +1,53 @@
-"""Alembic: empty -> head -> base on a fresh database, and the models match the migrations."""
+"""Alembic: empty -> head -> base on a fresh database, the models match the migrations, several
+instances migrating at once, and DATABASE_URL_UNPOOLED taking the migrations."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import itertools
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 from backend.db import EmbeddedPostgres
-from tests.conftest import run_alembic
+from tests.conftest import ROOT, VIA_PGBOUNCER, run_alembic
+
+FreshDatabase = Callable[[], Awaitable[str]]
+HEAD_TABLES = {"users", "tasks", "idempotency_keys", "alembic_version"}
+HEAD = ScriptDirectory.from_config(
+    Config(toml_file=str(ROOT / "pyproject.toml"))
+).get_current_head()
+_names = itertools.count()
 
 
 @pytest.fixture
-async def fresh_database(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
+async def new_database(postgres: EmbeddedPostgres) -> AsyncIterator[FreshDatabase]:
+    """Creates empty databases on the test server (URL each); all dropped after the test."""
     admin = await asyncpg.connect(postgres.url())
-    await admin.execute("DROP DATABASE IF EXISTS migration_check")
-    await admin.execute("CREATE DATABASE migration_check")
+    created: list[str] = []
+
+    async def create() -> str:
+        name = f"migration_check_{next(_names)}"
+        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        await admin.execute(f"CREATE DATABASE {name}")
+        created.append(name)
+        return postgres.url(name)
+
     try:
-        yield postgres.url("migration_check")
+        yield create
     finally:
-        await admin.execute("DROP DATABASE migration_check WITH (FORCE)")
+        for name in created:
+            await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
         await admin.close()
+
+
+@pytest.fixture
+async def fresh_database(new_database: FreshDatabase) -> str:
+    return await new_database()
 
 
 async def _tables(url: str) -> dict[str, set[str]]:
@@ -37,12 +64,20 @@ async def _tables(url: str) -> dict[str, set[str]]:
     return tables
 
 
+async def _version(url: str) -> list[str]:
+    connection = await asyncpg.connect(url)
+    try:
+        return [row[0] for row in await connection.fetch("SELECT version_num FROM alembic_version")]
+    finally:
+        await connection.close()
+
+
 async def test_upgrade_to_head_and_downgrade_to_base(fresh_database: str) -> None:
     assert await _tables(fresh_database) == {}
 
     run_alembic(fresh_database, "upgrade", "head")
     tables = await _tables(fresh_database)
-    assert set(tables) == {"users", "tasks", "idempotency_keys", "alembic_version"}
+    assert set(tables) == HEAD_TABLES
     assert "ix_tasks_user_id_id" in tables["tasks"]
     assert tables["idempotency_keys"] == {"pk_idempotency_keys", "ix_idempotency_keys_created_at"}
 
@@ -50,3 +85,75 @@ async def test_upgrade_to_head_and_downgrade_to_base(fresh_database: str) -> Non
 
     run_alembic(fresh_database, "downgrade", "base")
     assert set(await _tables(fresh_database)) <= {"alembic_version"}
+
+
+async def _lock_waiters(url: str, count: int) -> None:
+    """Returns once `count` sessions of the database at `url` wait for a lock."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    # Its own connection, outside any transaction: one would keep re-reading a stale snapshot.
+    watcher = await asyncpg.connect(url)
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        while await watcher.fetchval(query) < count:
+            assert asyncio.get_running_loop().time() < deadline, f"no {count} lock waiters"
+            await asyncio.sleep(0.05)
+    finally:
+        await watcher.close()
+
+
+async def test_instances_starting_together_all_exit_0_with_the_schema_at_head(
+    fresh_database: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two real CLI processes, lined up behind a lock this test holds on schema `public` (a DROP
+    # SCHEMA left open, then rolled back) so both reach their first CREATE TABLE at once, not
+    # whenever their imports end. Without the migration lock one then fails: the other process
+    # created that table first.
+    hostage = await asyncpg.connect(fresh_database)
+    migrations_url = fresh_database
+    if VIA_PGBOUNCER:  # make test's second pass: the lock must hold behind a transaction pooler
+        database = await hostage.fetchval("SELECT current_database()")
+        migrations_url = request.getfixturevalue("pgbouncer").rsplit("/", 1)[0] + "/" + database
+        monkeypatch.setenv("DB_STATEMENT_CACHE", "false")
+    try:
+        held = hostage.transaction()
+        await held.start()
+        await hostage.execute("DROP SCHEMA public")
+        runs = asyncio.gather(
+            asyncio.to_thread(run_alembic, migrations_url, "upgrade", "head"),
+            asyncio.to_thread(run_alembic, migrations_url, "upgrade", "head"),
+            return_exceptions=True,
+        )
+        await _lock_waiters(fresh_database, count=2)
+        await held.rollback()
+    finally:
+        await hostage.close()
+    finished = await runs
+    failures = [run.stderr for run in finished if isinstance(run, subprocess.CalledProcessError)]
+    assert failures == [], "\n".join(failure[-600:] for failure in failures)  # the error's end
+    assert set(await _tables(fresh_database)) == HEAD_TABLES
+    assert await _version(fresh_database) == [HEAD]
+    # Exactly one of the two applied the migrations; the other found head and did nothing.
+    logs = [run.stderr for run in finished if isinstance(run, subprocess.CompletedProcess)]
+    assert sorted("Running upgrade  -> " in log for log in logs) == [False, True]
+
+
+async def test_migrations_take_the_unpooled_url_when_it_is_set(
+    new_database: FreshDatabase,
+) -> None:
+    pooled, unpooled = await new_database(), await new_database()
+    run_alembic(pooled, "upgrade", "head", unpooled_url=unpooled)
+    assert set(await _tables(unpooled)) == HEAD_TABLES
+    assert await _tables(pooled) == {}
+
+
+def test_a_bad_unpooled_url_stops_the_migration_with_one_line_naming_it() -> None:
+    secret_url = "mysql://app:hunter2@db.example.com/app"
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        run_alembic("postgresql://app@127.0.0.1:1/app", "upgrade", "head", unpooled_url=secret_url)
+    assert failed.value.stderr.strip() == (
+        "configuration error: DATABASE_URL_UNPOOLED: must be a postgresql:// URL, not mysql://"
+    )
+    assert "hunter2" not in failed.value.stdout + failed.value.stderr

