@@ -255,7 +255,7 @@ def migrate(url: str) -> None:
     subprocess.run(  # noqa: S603
         [str(VENV_BIN / "alembic"), "upgrade", "head"],
         cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": url},
+        env={**os.environ, "DATABASE_URL": url, "DATABASE_URL_UNPOOLED": url},  # never a .env's
         check=True,
         capture_output=True,
     )

@@ -105,6 +105,7 @@ def main() -> None:
         api_env = {
             **os.environ,
             "DATABASE_URL": postgres.url(),
+            "DATABASE_URL_UNPOOLED": postgres.url(),  # migrations prefer it: never a .env's
             "CORS_ORIGINS": web_origin,
             "BETTER_AUTH_URL": web_origin,
         }
