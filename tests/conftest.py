@@ -4,6 +4,7 @@ the real app over httpx's ASGITransport; every test starts from empty tables."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 import socket
@@ -35,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 Headers = dict[str, str]
 TokenFactory = Callable[..., str]
 ClientFactory = Callable[..., Awaitable[httpx.AsyncClient]]
+FreshDatabase = Callable[[], Awaitable[str]]
+_database_names = itertools.count()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -220,6 +223,27 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostg
     server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", delete_on_stop=True)
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def new_database(postgres: EmbeddedPostgres) -> AsyncIterator[FreshDatabase]:
+    """Creates empty databases on the test server (URL each); all dropped after the test."""
+    admin = await asyncpg.connect(postgres.url())
+    created: list[str] = []
+
+    async def create() -> str:
+        name = f"fresh_{next(_database_names)}"
+        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        await admin.execute(f"CREATE DATABASE {name}")
+        created.append(name)
+        return postgres.url(name)
+
+    try:
+        yield create
+    finally:
+        for name in created:
+            await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()
 
 
 @pytest.fixture(scope="session")

@@ -4,45 +4,19 @@ instances migrating at once, and DATABASE_URL_UNPOOLED taking the migrations."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from backend.db import EmbeddedPostgres
-from tests.conftest import ROOT, VIA_PGBOUNCER, run_alembic
+from tests.conftest import ROOT, VIA_PGBOUNCER, FreshDatabase, run_alembic
 
-FreshDatabase = Callable[[], Awaitable[str]]
 HEAD_TABLES = {"users", "tasks", "idempotency_keys", "alembic_version"}
 HEAD = ScriptDirectory.from_config(
     Config(toml_file=str(ROOT / "pyproject.toml"))
 ).get_current_head()
-_names = itertools.count()
-
-
-@pytest.fixture
-async def new_database(postgres: EmbeddedPostgres) -> AsyncIterator[FreshDatabase]:
-    """Creates empty databases on the test server (URL each); all dropped after the test."""
-    admin = await asyncpg.connect(postgres.url())
-    created: list[str] = []
-
-    async def create() -> str:
-        name = f"migration_check_{next(_names)}"
-        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
-        await admin.execute(f"CREATE DATABASE {name}")
-        created.append(name)
-        return postgres.url(name)
-
-    try:
-        yield create
-    finally:
-        for name in created:
-            await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-        await admin.close()
 
 
 @pytest.fixture
