@@ -23,6 +23,7 @@ from jwt import PyJWK
 from jwt.types import Options
 
 from backend.config import HMAC_ALGORITHMS, Settings
+from backend.errors import TokenError, TokenExpired, TokenNotYetValid, UnknownKey
 from backend.models import USER_ID_MAX
 
 logger = logging.getLogger("backend.auth")
@@ -43,14 +44,6 @@ _KEY_FOR_ALGORITHM: dict[str, tuple[str, frozenset[str] | None]] = {
     **{f"{family}{bits}": ("RSA", None) for family in ("RS", "PS") for bits in (256, 384, 512)},
 }
 _ASYMMETRIC_KEY_TYPES = frozenset(kty for kty, _ in _KEY_FOR_ALGORITHM.values())
-
-
-class TokenError(Exception):
-    """The bearer token cannot be trusted. `code` is stable; the message is for humans."""
-
-    def __init__(self, message: str, code: str = "invalid_token") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +124,7 @@ class JwksCache:
             await self.refresh()  # a rotation or a stranger: a storm of them costs one fetch
         key = self._keys.get(kid)
         if key is None:
-            raise TokenError("Token is signed with an unknown key.", "unknown_key")
+            raise UnknownKey("Token is signed with an unknown key.")
         return key
 
     async def refresh(self) -> bool:
@@ -397,9 +390,9 @@ class TokenVerifier:
                 options=self._options,
             )
         except jwt.ExpiredSignatureError as exc:
-            raise TokenError("Token has expired.", "token_expired") from exc
+            raise TokenExpired("Token has expired.") from exc
         except jwt.ImmatureSignatureError as exc:
-            raise TokenError("Token is not valid yet.", "token_not_yet_valid") from exc
+            raise TokenNotYetValid("Token is not valid yet.") from exc
         except jwt.InvalidIssuerError as exc:
             raise TokenError("Token issuer is not accepted.") from exc
         except jwt.InvalidAudienceError as exc:

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from backend.auth import AuthUser, TokenError, TokenVerifier
+from backend.auth import AuthUser, TokenVerifier
 from backend.db import Database
-from backend.errors import Forbidden, RateLimited
+from backend.errors import Forbidden, RateLimited, TokenMissing
 from backend.models import MAX_ID
 from backend.ratelimit import RateLimiter
 
@@ -40,7 +40,7 @@ async def get_current_user(
     costs about 10 us per request.
     """
     if credentials is None:
-        raise TokenError("Missing bearer token in the Authorization header.", "token_missing")
+        raise TokenMissing("Missing bearer token in the Authorization header.")
     verifier: TokenVerifier = request.app.state.verifier
     user = await verifier.verify(credentials.credentials)
     if user_id != user.id:

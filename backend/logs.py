@@ -12,17 +12,23 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 import orjson
-
-from backend.middleware import current_request_id
 
 _SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 _CLIENT_LOGGERS = ("httpx", "httpcore")
 
 # Set by backend/tracing.py when traces are on: the current span's trace id, or None.
 trace_id: Callable[[], str | None] | None = None
+# The id of the request being handled (RequestIdMiddleware sets it), for logs and error bodies.
+request_id: ContextVar[str] = ContextVar("request_id", default="-")
+
+
+def current_request_id() -> str:
+    """The id of the request being handled, or "-" outside one."""
+    return request_id.get()
 
 
 class _RequestIdFilter(logging.Filter):

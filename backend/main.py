@@ -33,9 +33,6 @@ from backend.routes import health, tasks
 if TYPE_CHECKING:
     from backend.metrics import Metrics
 
-MAX_BODY_BYTES = 64 * 1024
-MAX_HEADER_BYTES = 16 * 1024  # request line + headers; a Better Auth JWT is well under 2 KiB
-
 logger = logging.getLogger("backend")
 
 
@@ -149,11 +146,7 @@ def _middleware(settings: Settings, metrics: Metrics | None) -> list[Middleware]
         layers.append(Middleware(CorsMiddleware, allow_origins=settings.cors_origins))
     layers += [
         Middleware(ErrorBoundaryMiddleware),  # inside CORS: a browser can read a 500 too
-        Middleware(
-            RequestLimitsMiddleware,
-            max_body_bytes=MAX_BODY_BYTES,
-            max_header_bytes=MAX_HEADER_BYTES,
-        ),
+        Middleware(RequestLimitsMiddleware),
         Middleware(HeadMiddleware),
     ]
     return layers

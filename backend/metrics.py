@@ -44,7 +44,7 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.responses import error_response
+from backend.errors import TokenError, TokenMissing
 
 logger = logging.getLogger("backend.metrics")
 
@@ -276,13 +276,9 @@ class MetricsMiddleware:
         if self.expected_authorization is not None:
             authorization = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(authorization, self.expected_authorization):
-                response = error_response(
-                    401,
-                    "token_missing",
-                    "Metrics need the METRICS_TOKEN bearer token.",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-                await response(scope, receive, send)
+                refusal = TokenError if authorization else TokenMissing
+                error = refusal("Metrics need the METRICS_TOKEN bearer token.")
+                await error.response()(scope, receive, send)
                 return
         if (database := getattr(scope["app"].state, "database", None)) is not None:
             self.metrics.observe_pool(database.pool)

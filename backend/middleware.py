@@ -6,24 +6,24 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Sequence
-from contextvars import ContextVar
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.responses import error_response
+from backend import logs
+from backend.errors import (
+    MAX_BODY_BYTES,
+    MAX_HEADER_BYTES,
+    CorsPreflightRefused,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 
 HEADER = "X-Request-ID"
 _ACCEPTABLE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_request_id: ContextVar[str] = ContextVar("request_id", default="-")
-
-
-def current_request_id() -> str:
-    """The id of the request being handled, for logs and error bodies."""
-    return _request_id.get()
 
 
 class RequestIdMiddleware:
@@ -40,7 +40,7 @@ class RequestIdMiddleware:
             (value for name, value in scope["headers"] if name == b"x-request-id"), b""
         ).decode("latin-1")
         request_id = incoming if _ACCEPTABLE.fullmatch(incoming) else uuid.uuid4().hex
-        _request_id.set(request_id)
+        logs.request_id.set(request_id)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -51,18 +51,16 @@ class RequestIdMiddleware:
 
 
 class RequestLimitsMiddleware:
-    """What a request may be: headers of at most `max_header_bytes`, a JSON body of at most
-    `max_body_bytes`.
+    """What a request may be: a request line and headers of at most MAX_HEADER_BYTES, a JSON
+    body of at most MAX_BODY_BYTES (backend/errors.py, which documents both).
 
     Runs before routing and parsing, so a refused request costs no work: 431 for oversized
     headers (uvicorn's httptools parser has no cap of its own), 413 when Content-Length is too
     big or a chunked body grows past the limit, 415 when a body is not declared as JSON.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, max_header_bytes: int) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.max_bytes = max_body_bytes
-        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,29 +69,20 @@ class RequestLimitsMiddleware:
         # The whole request target counts, query string included, as in the request line.
         target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
         header_bytes = target + sum(len(name) + len(value) for name, value in scope["headers"])
-        if header_bytes > self.max_header_bytes:
-            response = error_response(
-                431,
-                "headers_too_large",
-                f"The request line and headers exceed {self.max_header_bytes} bytes.",
-                {"Connection": "close"},
-            )
-            await response(scope, receive, send)
+        if header_bytes > MAX_HEADER_BYTES:
+            await HeadersTooLarge().response()(scope, receive, send)
             return
         if scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
         declared = headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._too_large()(scope, receive, send)
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            await PayloadTooLarge().response()(scope, receive, send)
             return
         has_body = (declared is not None and declared != "0") or "transfer-encoding" in headers
         if has_body and not _is_json(headers.get("content-type", "")):
-            response = error_response(
-                415, "unsupported_media_type", "The request body must be application/json."
-            )
-            await response(scope, receive, send)
+            await UnsupportedMediaType().response()(scope, receive, send)
             return
 
         received = 0
@@ -103,19 +92,11 @@ class RequestLimitsMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    # FastAPI re-raises HTTPException from body reading; errors.py renders it.
-                    raise HTTPException(413, self._too_large_detail)
+                if received > MAX_BODY_BYTES:  # FastAPI is reading it: errors.py answers
+                    raise PayloadTooLarge()
             return message
 
         await self.app(scope, receive_within_limit, send)
-
-    @property
-    def _too_large_detail(self) -> str:
-        return f"The request body is larger than {self.max_bytes} bytes."
-
-    def _too_large(self) -> ASGIApp:
-        return error_response(413, "payload_too_large", self._too_large_detail)
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -188,10 +169,8 @@ class CorsMiddleware(CORSMiddleware):
         headers = {
             name: value for name, value in response.headers.items() if name.startswith("access-")
         }
-        return error_response(
-            400,
-            "cors_preflight_refused",
-            f"This cross-origin request is not allowed (its {refused}); CORS_ORIGINS lists "
-            "the origins served.",
-            headers,
+        detail = (
+            f"This cross-origin request is not allowed (its {refused}); CORS_ORIGINS lists the "
+            "origins served."
         )
+        return CorsPreflightRefused(detail, headers).response()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, StringConstraints, model_validator
 from sqlalchemy import (
@@ -197,3 +197,15 @@ class ValidationErrorOut(ErrorOut):
     """A 422 body: what was wrong, field by field."""
 
     errors: list[FieldError]
+
+
+class HealthOut(SQLModel):
+    """/healthz: the process is up."""
+
+    status: Literal["ok"]
+
+
+class ReadyOut(SQLModel):
+    """/readyz: the database answers."""
+
+    status: Literal["ready"]

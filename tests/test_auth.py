@@ -15,11 +15,11 @@ from backend.auth import (
     _KEY_FOR_ALGORITHM,
     MAX_TOKEN_BYTES,
     AuthUser,
-    TokenError,
     TokenVerifier,
     VerifiedTokens,
 )
 from backend.config import ASYMMETRIC_ALGORITHMS, Settings
+from backend.errors import TokenError
 from backend.main import create_app
 from tests.conftest import SECRET, Database, bearer, make_token
 

@@ -20,8 +20,9 @@ import pytest
 from fastapi import FastAPI
 from jwt.warnings import InsecureKeyLengthWarning
 
-from backend.auth import MAX_JWKS_BYTES, JwksCache, TokenError, TokenVerifier
+from backend.auth import MAX_JWKS_BYTES, JwksCache, TokenVerifier
 from backend.config import Settings
+from backend.errors import TokenError
 from backend.main import create_app
 from tests.conftest import SECRET, Headers
 from tests.jwks_server import JwksServer, SigningKey, make_key

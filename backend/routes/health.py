@@ -6,7 +6,8 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
-from backend.errors import DatabaseUnavailable
+from backend.errors import DatabaseUnavailable, documented
+from backend.models import HealthOut, ReadyOut
 from backend.responses import JsonResponse
 
 READY_TIMEOUT_SECONDS = 2.0
@@ -14,15 +15,16 @@ READY_TIMEOUT_SECONDS = 2.0
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="The process is up (no database call)")
+@router.get("/healthz", response_model=HealthOut, summary="The process is up (no database call)")
 async def healthz() -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
 @router.get(
     "/readyz",
+    response_model=ReadyOut,
     summary="The database answers",
-    responses={503: {"description": "The database did not answer in time."}},
+    responses=documented(DatabaseUnavailable),
 )
 async def readyz(request: Request) -> JsonResponse:
     try:

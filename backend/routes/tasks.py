@@ -27,8 +27,30 @@ from backend.conditional import (
 )
 from backend.db import Row, Statements
 from backend.deps import CurrentUser, DatabaseDep, TaskId
-from backend.errors import ApiError, PreconditionFailed, TaskNotFound
-from backend.models import MAX_ID, CreateTask, ErrorOut, TaskOut, UpdateTask, ValidationErrorOut
+from backend.errors import (
+    ApiError,
+    DatabaseBusy,
+    DatabaseUnavailable,
+    Forbidden,
+    HeadersTooLarge,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
+    InvalidPrecondition,
+    InvalidRequest,
+    PayloadTooLarge,
+    PreconditionFailed,
+    RateLimited,
+    TaskNotFound,
+    TokenError,
+    TokenExpired,
+    TokenMissing,
+    TokenNotYetValid,
+    UnknownKey,
+    UnsupportedMediaType,
+    documented,
+)
+from backend.models import MAX_ID, CreateTask, TaskOut, UpdateTask
 from backend.responses import JsonResponse, dumps
 
 MAX_PAGE = 1000
@@ -37,39 +59,39 @@ MAX_PAGE = 1000
 MAX_PAGE_BYTES = 512 * 1024
 
 
-def _error(description: str, model: type = ErrorOut) -> dict[str, Any]:
-    return {"model": model, "description": description}
+# Every task endpoint can answer these; each endpoint adds its own below.
+_ANY_REQUEST = documented(
+    HeadersTooLarge,
+    TokenMissing,
+    TokenError,
+    TokenExpired,
+    TokenNotYetValid,
+    UnknownKey,
+    Forbidden,
+    InvalidRequest,
+    RateLimited,
+    DatabaseUnavailable,
+    DatabaseBusy,
+)
+_BODY = (PayloadTooLarge, UnsupportedMediaType)
+_KEYED = (InvalidIdempotencyKey, IdempotencyKeyInFlight, InvalidRequest, IdempotencyKeyReused)
 
 
-_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: _error("Missing, malformed, expired or untrusted bearer token."),
-    403: _error("The path user_id is not the signed-in user."),
-    429: _error("RATE_LIMIT_PER_MINUTE spent; retry after `Retry-After` seconds."),
-    422: _error("The request does not match the schema.", ValidationErrorOut),
-    503: _error("The database is unavailable; retry after `Retry-After` seconds."),
-}
-_TASK_ERRORS = {**_AUTH_ERRORS, 404: _error("No such task for this user.")}
-_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
-    413: _error("Body larger than 64 KiB."),
-    415: _error("Body is not application/json."),
-}
-_NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
-    304: {"description": "Unchanged since the ETag in `If-None-Match`; no body."},
-    400: _error("`If-None-Match` is not `*` or a list of entity tags."),
-}
-_CONDITIONAL_WRITE: dict[int | str, dict[str, Any]] = {
-    400: _error("A malformed `If-Match` (or `Idempotency-Key`) header."),
-    412: _error("The task changed since the ETag in `If-Match`; nothing was changed."),
-}
-_RETRIABLE_WRITE: dict[int | str, dict[str, Any]] = {
-    400: _error("A malformed `Idempotency-Key` (or `If-Match`) header."),
-    409: _error("A request with this `Idempotency-Key` is still running; retry shortly."),
-    422: _error(
-        "The request does not match the schema (`validation_error`), or its "
-        "`Idempotency-Key` was used for another request (`idempotency_key_reused`).",
-        ValidationErrorOut | ErrorOut,  # type: ignore[arg-type]
-    ),
-}
+def _sent(headers: dict[str, str], description: str | None = None) -> dict[str, Any]:
+    """A success response's headers (name -> what it is), for OpenAPI."""
+    entry: dict[str, Any] = {
+        "headers": {
+            name: {"description": meaning, "schema": {"type": "string"}}
+            for name, meaning in headers.items()
+        }
+    }
+    return entry | ({"description": description} if description else {})
+
+
+_ETAG = {"ETag": "The task's strong entity tag: send it in `If-Match` or `If-None-Match`."}
+_PAGE_ETAG = {"ETag": "The page's strong entity tag: send it in `If-None-Match`."}
+_REPLAYED = {"Idempotent-Replayed": "`true` on a retry's stored response (`Idempotency-Key`)."}
+_NOT_MODIFIED = "Unchanged since the ETag in `If-None-Match`; no body."
 
 
 def _header(name: str, description: str) -> dict[str, Any]:
@@ -88,10 +110,7 @@ _IDEMPOTENCY_KEY = _header(
     "A unique key per intended write (e.g. a UUID), sent again with every retry of it: the "
     "write happens once, and retries get its stored response. Kept for at least 24 hours.",
 )
-_ETAG = {"ETag": {"description": "The task's strong entity tag.", "schema": {"type": "string"}}}
-_TASK_OK: dict[int | str, dict[str, Any]] = {200: {"headers": _ETAG}}
-
-router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=_AUTH_ERRORS)
+router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=_ANY_REQUEST)
 
 
 def _task(row: Row, status_code: int = 200, headers: dict[str, str] | None = None) -> JsonResponse:
@@ -136,7 +155,11 @@ async def _refusal(
     "passes 512 KiB, so it may hold fewer than `limit` tasks: follow `Link`. The `ETag` "
     "changes whenever the page would; send it back in `If-None-Match` for a 304 while "
     "nothing changed.",
-    responses=_NOT_MODIFIED,
+    responses={
+        200: _sent(_PAGE_ETAG | {"Link": '`<...>; rel="next"`: the next page, while more remain.'}),
+        304: _sent(_PAGE_ETAG, _NOT_MODIFIED),
+        **documented(InvalidPrecondition),
+    },
     openapi_extra={"parameters": [_IF_NONE_MATCH]},
 )
 async def list_tasks(
@@ -181,7 +204,10 @@ async def list_tasks(
     status_code=status.HTTP_201_CREATED,
     summary="Create a task",
     description="Send an `Idempotency-Key` to make retrying safe: the task is created once.",
-    responses={201: {"headers": _ETAG}, **_BODY_ERRORS, **_RETRIABLE_WRITE},
+    responses={
+        201: _sent({"Location": "The new task's URL."} | _ETAG | _REPLAYED),
+        **documented(*_BODY, *_KEYED),
+    },
     openapi_extra={"parameters": [_IDEMPOTENCY_KEY]},
 )
 async def create_task(
@@ -200,7 +226,11 @@ async def create_task(
     response_model=TaskOut,
     summary="Read a task",
     description="Send the `ETag` back in `If-None-Match` for a 304 while the task is unchanged.",
-    responses={**_TASK_OK, **_TASK_ERRORS, **_NOT_MODIFIED},
+    responses={
+        200: _sent(_ETAG),
+        304: _sent(_ETAG, _NOT_MODIFIED),
+        **documented(InvalidPrecondition, TaskNotFound),
+    },
     openapi_extra={"parameters": [_IF_NONE_MATCH]},
 )
 async def read_task(
@@ -221,7 +251,10 @@ async def read_task(
     summary="Update a task",
     description="Changes only the fields present in the body; an empty body is a 422. With "
     "`If-Match`, only while the task is as the client last saw it.",
-    responses={**_TASK_OK, **_TASK_ERRORS, **_BODY_ERRORS, **_CONDITIONAL_WRITE},
+    responses={
+        200: _sent(_ETAG),
+        **documented(*_BODY, InvalidPrecondition, TaskNotFound, PreconditionFailed),
+    },
     openapi_extra={"parameters": [_IF_MATCH]},
 )
 async def update_task(
@@ -249,7 +282,7 @@ async def update_task(
     response_class=Response,
     summary="Delete a task",
     description="With `If-Match`, only while the task is as the client last saw it.",
-    responses={**_TASK_ERRORS, **_CONDITIONAL_WRITE},
+    responses=documented(InvalidPrecondition, TaskNotFound, PreconditionFailed),
     openapi_extra={"parameters": [_IF_MATCH]},
 )
 async def delete_task(
@@ -268,7 +301,10 @@ async def delete_task(
     description="Flips `completed` atomically in the database; concurrent toggles never lose "
     "one. A toggle is not idempotent: send an `Idempotency-Key` to retry it safely, and "
     "`If-Match` to flip only the state the client saw.",
-    responses={**_TASK_OK, **_TASK_ERRORS, **_CONDITIONAL_WRITE, **_RETRIABLE_WRITE},
+    responses={
+        200: _sent(_ETAG | _REPLAYED),
+        **documented(InvalidPrecondition, *_KEYED, TaskNotFound, PreconditionFailed),
+    },
     openapi_extra={"parameters": [_IF_MATCH, _IDEMPOTENCY_KEY]},
 )
 async def toggle_task(

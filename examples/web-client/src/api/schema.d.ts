@@ -144,6 +144,28 @@ export interface components {
             type: string;
         };
         /**
+         * HealthOut
+         * @description /healthz: the process is up.
+         */
+        HealthOut: {
+            /**
+             * Status
+             * @constant
+             */
+            status: "ok";
+        };
+        /**
+         * ReadyOut
+         * @description /readyz: the database answers.
+         */
+        ReadyOut: {
+            /**
+             * Status
+             * @constant
+             */
+            status: "ready";
+        };
+        /**
          * TaskOut
          * @description A task as the API returns it. Timestamps are UTC, ISO 8601 with a `Z`.
          */
@@ -227,6 +249,10 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The page's strong entity tag: send it in `If-None-Match`. */
+                    ETag?: string;
+                    /** @description `<...>; rel="next"`: the next page, while more remain. */
+                    Link?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -236,11 +262,13 @@ export interface operations {
             /** @description Unchanged since the ETag in `If-None-Match`; no body. */
             304: {
                 headers: {
+                    /** @description The page's strong entity tag: send it in `If-None-Match`. */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
             };
-            /** @description `If-None-Match` is not `*` or a list of entity tags. */
+            /** @description `invalid_precondition`: `If-Match` or `If-None-Match` is not `*` or a list of quoted entity tags. */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -249,16 +277,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description Missing, malformed, expired or untrusted bearer token. */
+            /**
+             * @description - `token_missing`: No bearer token in the `Authorization` header.
+             *     - `invalid_token`: The bearer token is malformed, wrongly signed, or not from an accepted issuer.
+             *     - `token_expired`: The token's `exp` has passed: get a new one.
+             *     - `token_not_yet_valid`: The token's `iat` or `nbf` is in the future (beyond the clock skew allowed).
+             *     - `unknown_key`: The token's `kid` is not among the JWKS keys, even after a refetch.
+             */
             401: {
                 headers: {
+                    /** @description `Bearer` (RFC 6750): send a valid bearer token. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The path user_id is not the signed-in user. */
+            /** @description `forbidden`: The path's `user_id` is not the signed-in user. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -267,7 +303,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The request does not match the schema. */
+            /** @description `validation_error`: The request does not match the schema. */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -276,8 +312,19 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorOut"];
                 };
             };
-            /** @description RATE_LIMIT_PER_MINUTE spent; retry after `Retry-After` seconds. */
+            /** @description `rate_limited`: RATE_LIMIT_PER_MINUTE is spent for this user. */
             429: {
+                headers: {
+                    /** @description Seconds to wait before sending the request again. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description `headers_too_large`: The request line and headers are over 16 KiB. */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -285,9 +332,14 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is unavailable; retry after `Retry-After` seconds. */
+            /**
+             * @description - `database_unavailable`: The database cannot be reached, or refuses this service.
+             *     - `database_busy`: A lock or statement timeout: nothing was changed.
+             */
             503: {
                 headers: {
+                    /** @description Seconds to wait before sending the request again. */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -318,15 +370,19 @@ export interface operations {
             /** @description Successful Response */
             201: {
                 headers: {
-                    /** @description The task's strong entity tag. */
+                    /** @description The new task's URL. */
+                    Location?: string;
+                    /** @description The task's strong entity tag: send it in `If-Match` or `If-None-Match`. */
                     ETag?: string;
+                    /** @description `true` on a retry's stored response (`Idempotency-Key`). */
+                    "Idempotent-Replayed"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["TaskOut"];
                 };
             };
-            /** @description A malformed `Idempotency-Key` (or `If-Match`) header. */
+            /** @description `invalid_idempotency_key`: `Idempotency-Key` is empty, too long, not printable ASCII, or sent twice. */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -335,16 +391,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description Missing, malformed, expired or untrusted bearer token. */
+            /**
+             * @description - `token_missing`: No bearer token in the `Authorization` header.
+             *     - `invalid_token`: The bearer token is malformed, wrongly signed, or not from an accepted issuer.
+             *     - `token_expired`: The token's `exp` has passed: get a new one.
+             *     - `token_not_yet_valid`: The token's `iat` or `nbf` is in the future (beyond the clock skew allowed).
+             *     - `unknown_key`: The token's `kid` is not among the JWKS keys, even after a refetch.
+             */
             401: {
                 headers: {
+                    /** @description `Bearer` (RFC 6750): send a valid bearer token. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The path user_id is not the signed-in user. */
+            /** @description `forbidden`: The path's `user_id` is not the signed-in user. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -353,16 +417,18 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description A request with this `Idempotency-Key` is still running; retry shortly. */
+            /** @description `idempotency_key_in_flight`: A request with this `Idempotency-Key` is still running: retry with the same key. */
             409: {
                 headers: {
+                    /** @description Seconds to wait before sending the request again. */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description Body larger than 64 KiB. */
+            /** @description `payload_too_large`: The body is larger than 64 KiB. */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -371,7 +437,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description Body is not application/json. */
+            /** @description `unsupported_media_type`: The body is not `application/json` (or `+json`). */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -380,7 +446,10 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The request does not match the schema (`validation_error`), or its `Idempotency-Key` was used for another request (`idempotency_key_reused`). */
+            /**
+             * @description - `validation_error`: The request does not match the schema.
+             *     - `idempotency_key_reused`: This `Idempotency-Key` was used for another request: nothing was written.
+             */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -389,8 +458,19 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorOut"] | components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description RATE_LIMIT_PER_MINUTE spent; retry after `Retry-After` seconds. */
+            /** @description `rate_limited`: RATE_LIMIT_PER_MINUTE is spent for this user. */
             429: {
+                headers: {
+                    /** @description Seconds to wait before sending the request again. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description `headers_too_large`: The request line and headers are over 16 KiB. */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -398,9 +478,14 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is unavailable; retry after `Retry-After` seconds. */
+            /**
+             * @description - `database_unavailable`: The database cannot be reached, or refuses this service.
+             *     - `database_busy`: A lock or statement timeout: nothing was changed.
+             */
             503: {
                 headers: {
+                    /** @description Seconds to wait before sending the request again. */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -429,7 +514,7 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
-                    /** @description The task's strong entity tag. */
+                    /** @description The task's strong entity tag: send it in `If-Match` or `If-None-Match`. */
                     ETag?: string;
                     [name: string]: unknown;
                 };
@@ -440,11 +525,13 @@ export interface operations {
             /** @description Unchanged since the ETag in `If-None-Match`; no body. */
             304: {
                 headers: {
+                    /** @description The task's strong entity tag: send it in `If-Match` or `If-None-Match`. */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
             };
-            /** @description `If-None-Match` is not `*` or a list of entity tags. */
+            /** @description `invalid_precondition`: `If-Match` or `If-None-Match` is not `*` or a list of quoted entity tags. */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -453,16 +540,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description Missing, malformed, expired or untrusted bearer token. */
+            /**
+             * @description - `token_missing`: No bearer token in the `Authorization` header.
+             *     - `invalid_token`: The bearer token is malformed, wrongly signed, or not from an accepted issuer.
+             *     - `token_expired`: The token's `exp` has passed: get a new one.
+             *     - `token_not_yet_valid`: The token's `iat` or `nbf` is in the future (beyond the clock skew allowed).
+             *     - `unknown_key`: The token's `kid` is not among the JWKS keys, even after a refetch.
+             */
             401: {
                 headers: {
+                    /** @description `Bearer` (RFC 6750): send a valid bearer token. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The path user_id is not the signed-in user. */
+            /** @description `forbidden`: The path's `user_id` is not the signed-in user. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -471,7 +566,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description No such task for this user. */
+            /** @description `task_not_found`: No such task for this user (another user's task looks exactly the same). */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -480,7 +575,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The request does not match the schema. */
+            /** @description `validation_error`: The request does not match the schema. */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -489,8 +584,19 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorOut"];
                 };
             };
-            /** @description RATE_LIMIT_PER_MINUTE spent; retry after `Retry-After` seconds. */
+            /** @description `rate_limited`: RATE_LIMIT_PER_MINUTE is spent for this user. */
             429: {
+                headers: {
+                    /** @description Seconds to wait before sending the request again. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description `headers_too_large`: The request line and headers are over 16 KiB. */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -498,9 +604,14 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is unavailable; retry after `Retry-After` seconds. */
+            /**
+             * @description - `database_unavailable`: The database cannot be reached, or refuses this service.
+             *     - `database_busy`: A lock or statement timeout: nothing was changed.
+             */
             503: {
                 headers: {
+                    /** @description Seconds to wait before sending the request again. */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -533,7 +644,7 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
-                    /** @description The task's strong entity tag. */
+                    /** @description The task's strong entity tag: send it in `If-Match` or `If-None-Match`. */
                     ETag?: string;
                     [name: string]: unknown;
                 };
@@ -541,7 +652,7 @@ export interface operations {
                     "application/json": components["schemas"]["TaskOut"];
                 };
             };
-            /** @description A malformed `If-Match` (or `Idempotency-Key`) header. */
+            /** @description `invalid_precondition`: `If-Match` or `If-None-Match` is not `*` or a list of quoted entity tags. */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -550,16 +661,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description Missing, malformed, expired or untrusted bearer token. */
+            /**
+             * @description - `token_missing`: No bearer token in the `Authorization` header.
+             *     - `invalid_token`: The bearer token is malformed, wrongly signed, or not from an accepted issuer.
+             *     - `token_expired`: The token's `exp` has passed: get a new one.
+             *     - `token_not_yet_valid`: The token's `iat` or `nbf` is in the future (beyond the clock skew allowed).
+             *     - `unknown_key`: The token's `kid` is not among the JWKS keys, even after a refetch.
+             */
             401: {
                 headers: {
+                    /** @description `Bearer` (RFC 6750): send a valid bearer token. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The path user_id is not the signed-in user. */
+            /** @description `forbidden`: The path's `user_id` is not the signed-in user. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -568,7 +687,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description No such task for this user. */
+            /** @description `task_not_found`: No such task for this user (another user's task looks exactly the same). */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -577,7 +696,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The task changed since the ETag in `If-Match`; nothing was changed. */
+            /** @description `precondition_failed`: The task changed since the ETag in `If-Match` (or `If-None-Match` names it as it is): nothing was changed. */
             412: {
                 headers: {
                     [name: string]: unknown;
@@ -586,7 +705,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description Body larger than 64 KiB. */
+            /** @description `payload_too_large`: The body is larger than 64 KiB. */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -595,7 +714,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description Body is not application/json. */
+            /** @description `unsupported_media_type`: The body is not `application/json` (or `+json`). */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -604,7 +723,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The request does not match the schema. */
+            /** @description `validation_error`: The request does not match the schema. */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -613,8 +732,19 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorOut"];
                 };
             };
-            /** @description RATE_LIMIT_PER_MINUTE spent; retry after `Retry-After` seconds. */
+            /** @description `rate_limited`: RATE_LIMIT_PER_MINUTE is spent for this user. */
             429: {
+                headers: {
+                    /** @description Seconds to wait before sending the request again. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description `headers_too_large`: The request line and headers are over 16 KiB. */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -622,9 +752,14 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is unavailable; retry after `Retry-After` seconds. */
+            /**
+             * @description - `database_unavailable`: The database cannot be reached, or refuses this service.
+             *     - `database_busy`: A lock or statement timeout: nothing was changed.
+             */
             503: {
                 headers: {
+                    /** @description Seconds to wait before sending the request again. */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -657,7 +792,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description A malformed `If-Match` (or `Idempotency-Key`) header. */
+            /** @description `invalid_precondition`: `If-Match` or `If-None-Match` is not `*` or a list of quoted entity tags. */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -666,16 +801,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description Missing, malformed, expired or untrusted bearer token. */
+            /**
+             * @description - `token_missing`: No bearer token in the `Authorization` header.
+             *     - `invalid_token`: The bearer token is malformed, wrongly signed, or not from an accepted issuer.
+             *     - `token_expired`: The token's `exp` has passed: get a new one.
+             *     - `token_not_yet_valid`: The token's `iat` or `nbf` is in the future (beyond the clock skew allowed).
+             *     - `unknown_key`: The token's `kid` is not among the JWKS keys, even after a refetch.
+             */
             401: {
                 headers: {
+                    /** @description `Bearer` (RFC 6750): send a valid bearer token. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The path user_id is not the signed-in user. */
+            /** @description `forbidden`: The path's `user_id` is not the signed-in user. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -684,7 +827,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description No such task for this user. */
+            /** @description `task_not_found`: No such task for this user (another user's task looks exactly the same). */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -693,7 +836,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The task changed since the ETag in `If-Match`; nothing was changed. */
+            /** @description `precondition_failed`: The task changed since the ETag in `If-Match` (or `If-None-Match` names it as it is): nothing was changed. */
             412: {
                 headers: {
                     [name: string]: unknown;
@@ -702,7 +845,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The request does not match the schema. */
+            /** @description `validation_error`: The request does not match the schema. */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -711,8 +854,19 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorOut"];
                 };
             };
-            /** @description RATE_LIMIT_PER_MINUTE spent; retry after `Retry-After` seconds. */
+            /** @description `rate_limited`: RATE_LIMIT_PER_MINUTE is spent for this user. */
             429: {
+                headers: {
+                    /** @description Seconds to wait before sending the request again. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description `headers_too_large`: The request line and headers are over 16 KiB. */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -720,9 +874,14 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is unavailable; retry after `Retry-After` seconds. */
+            /**
+             * @description - `database_unavailable`: The database cannot be reached, or refuses this service.
+             *     - `database_busy`: A lock or statement timeout: nothing was changed.
+             */
             503: {
                 headers: {
+                    /** @description Seconds to wait before sending the request again. */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -753,15 +912,20 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
-                    /** @description The task's strong entity tag. */
+                    /** @description The task's strong entity tag: send it in `If-Match` or `If-None-Match`. */
                     ETag?: string;
+                    /** @description `true` on a retry's stored response (`Idempotency-Key`). */
+                    "Idempotent-Replayed"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["TaskOut"];
                 };
             };
-            /** @description A malformed `Idempotency-Key` (or `If-Match`) header. */
+            /**
+             * @description - `invalid_precondition`: `If-Match` or `If-None-Match` is not `*` or a list of quoted entity tags.
+             *     - `invalid_idempotency_key`: `Idempotency-Key` is empty, too long, not printable ASCII, or sent twice.
+             */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -770,16 +934,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description Missing, malformed, expired or untrusted bearer token. */
+            /**
+             * @description - `token_missing`: No bearer token in the `Authorization` header.
+             *     - `invalid_token`: The bearer token is malformed, wrongly signed, or not from an accepted issuer.
+             *     - `token_expired`: The token's `exp` has passed: get a new one.
+             *     - `token_not_yet_valid`: The token's `iat` or `nbf` is in the future (beyond the clock skew allowed).
+             *     - `unknown_key`: The token's `kid` is not among the JWKS keys, even after a refetch.
+             */
             401: {
                 headers: {
+                    /** @description `Bearer` (RFC 6750): send a valid bearer token. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The path user_id is not the signed-in user. */
+            /** @description `forbidden`: The path's `user_id` is not the signed-in user. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -788,7 +960,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description No such task for this user. */
+            /** @description `task_not_found`: No such task for this user (another user's task looks exactly the same). */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -797,16 +969,18 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description A request with this `Idempotency-Key` is still running; retry shortly. */
+            /** @description `idempotency_key_in_flight`: A request with this `Idempotency-Key` is still running: retry with the same key. */
             409: {
                 headers: {
+                    /** @description Seconds to wait before sending the request again. */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The task changed since the ETag in `If-Match`; nothing was changed. */
+            /** @description `precondition_failed`: The task changed since the ETag in `If-Match` (or `If-None-Match` names it as it is): nothing was changed. */
             412: {
                 headers: {
                     [name: string]: unknown;
@@ -815,7 +989,10 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The request does not match the schema (`validation_error`), or its `Idempotency-Key` was used for another request (`idempotency_key_reused`). */
+            /**
+             * @description - `validation_error`: The request does not match the schema.
+             *     - `idempotency_key_reused`: This `Idempotency-Key` was used for another request: nothing was written.
+             */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -824,8 +1001,19 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorOut"] | components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description RATE_LIMIT_PER_MINUTE spent; retry after `Retry-After` seconds. */
+            /** @description `rate_limited`: RATE_LIMIT_PER_MINUTE is spent for this user. */
             429: {
+                headers: {
+                    /** @description Seconds to wait before sending the request again. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description `headers_too_large`: The request line and headers are over 16 KiB. */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -833,9 +1021,14 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is unavailable; retry after `Retry-After` seconds. */
+            /**
+             * @description - `database_unavailable`: The database cannot be reached, or refuses this service.
+             *     - `database_busy`: A lock or statement timeout: nothing was changed.
+             */
             503: {
                 headers: {
+                    /** @description Seconds to wait before sending the request again. */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -859,7 +1052,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["HealthOut"];
                 };
             };
         };
@@ -879,15 +1072,19 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["ReadyOut"];
                 };
             };
-            /** @description The database did not answer in time. */
+            /** @description `database_unavailable`: The database cannot be reached, or refuses this service. */
             503: {
                 headers: {
+                    /** @description Seconds to wait before sending the request again. */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
             };
         };
     };
