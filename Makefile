@@ -1,4 +1,4 @@
-# The only entry points: run, test, check, migrate, token, bench.
+# What people run: run, test, check, migrate, token, example, e2e, bench (make help lists all).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv

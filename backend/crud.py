@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from backend.auth import AuthUser
 from backend.conditional import Preconditions
-from backend.db import Database, Row, Sql, Statements
+from backend.db import Database, Executor, Row, Sql
 from backend.models import TaskOut, tasks, users
 
 COLUMNS = tuple(tasks.c[name] for name in TaskOut.model_fields)  # what a response holds
@@ -156,15 +156,15 @@ async def list_page(
     return await db.fetch(_PAGE, parameters | {"budget": budget})
 
 
-async def read(db: Statements, owner_id: str, task_id: int) -> Row | None:
+async def read(db: Executor, owner_id: str, task_id: int) -> Row | None:
     return await db.fetchrow(_READ, {"owner_id": owner_id, "task_id": task_id})
 
 
-async def exists(db: Statements, owner_id: str, task_id: int) -> bool:
+async def exists(db: Executor, owner_id: str, task_id: int) -> bool:
     return await db.fetchrow(_EXISTS, {"owner_id": owner_id, "task_id": task_id}) is not None
 
 
-async def create(db: Statements, owner: AuthUser, title: str, description: str | None) -> Row:
+async def create(db: Executor, owner: AuthUser, title: str, description: str | None) -> Row:
     """A new task of `owner`, whose user row is made from the token's claims if it is new."""
     parameters = {"owner_id": owner.id, "email": owner.email, "name": owner.name}
     row = await db.fetchrow(_CREATE, parameters | {"title": title, "description": description})
@@ -173,7 +173,7 @@ async def create(db: Statements, owner: AuthUser, title: str, description: str |
 
 
 async def update(
-    db: Statements,
+    db: Executor,
     owner_id: str,
     task_id: int,
     conditions: Preconditions,
@@ -191,12 +191,12 @@ async def update(
 
 
 async def toggle(
-    db: Statements, owner_id: str, task_id: int, conditions: Preconditions
+    db: Executor, owner_id: str, task_id: int, conditions: Preconditions
 ) -> Row | None:
     """The task with `completed` flipped, atomically, or None (see `update`)."""
     return await db.fetchrow(_TOGGLE, _guard(owner_id, task_id, conditions))
 
 
-async def delete(db: Statements, owner_id: str, task_id: int, conditions: Preconditions) -> bool:
+async def delete(db: Executor, owner_id: str, task_id: int, conditions: Preconditions) -> bool:
     """Whether the task was deleted (False: not the owner's, or `conditions` ruled it out)."""
     return await db.fetchrow(_DELETE, _guard(owner_id, task_id, conditions)) is not None

@@ -22,11 +22,10 @@ _DROPPED_PARAMS = frozenset({"gssencmode", "target_session_attrs"})
 
 @dataclass(frozen=True)
 class DatabaseTarget:
-    """The URL for SQLAlchemy's asyncpg dialect (`url`), the DSN for asyncpg itself (`dsn`), and
-    what must go to asyncpg.connect() besides (`connect_args`). `tls` says in words what the
-    connection's TLS protects against, for the start-up log."""
+    """The DSN for asyncpg (`dsn`) and what must go to asyncpg.connect() besides
+    (`connect_args`): the app's pool and Alembic's engine connect with both. `tls` says in
+    words what the connection's TLS protects against, for the start-up log."""
 
-    url: str
     dsn: str
     connect_args: dict[str, Any] = field(default_factory=dict)
     statement_cache: bool = True
@@ -71,10 +70,7 @@ def normalise_url(raw: str, statement_cache: bool | None = None) -> DatabaseTarg
     dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
     if not statement_cache:
         connect_args["statement_cache_size"] = 0
-        query.append(("prepared_statement_cache_size", "0"))  # SQLAlchemy's own cache
-
-    url = urlunsplit(("postgresql+asyncpg", parts.netloc, parts.path, urlencode(query), ""))
-    return DatabaseTarget(url, dsn, connect_args, statement_cache, tls_summary)
+    return DatabaseTarget(dsn, connect_args, statement_cache, tls_summary)
 
 
 def _tls(

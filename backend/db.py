@@ -139,8 +139,8 @@ class Database:
                 delay = min(delay * 2, 1.0)
 
 
-class Statements(Protocol):
-    """What a route runs its statements on: `Database` (each in autocommit) or a `Transaction`."""
+class Executor(Protocol):
+    """What a statement runs on: `Database` (each in autocommit) or a `Transaction`."""
 
     async def fetchrow(self, sql: Sql, parameters: Mapping[str, object]) -> Row | None:
         """Run one statement; its first row, or None."""

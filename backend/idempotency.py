@@ -47,7 +47,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
-from backend.db import Database, Sql, Statements
+from backend.db import Database, Executor, Sql
 from backend.errors import IdempotencyKeyInFlight, IdempotencyKeyReused, InvalidIdempotencyKey
 from backend.models import IDEMPOTENCY_KEY_MAX, idempotency_keys
 
@@ -60,10 +60,10 @@ _STORED_HEADERS = ("Location", "ETag")
 _BARE = re.compile(r"[\x21\x23-\x7e][\x20-\x7e]*[\x21-\x7e]|[\x21\x23-\x7e]")
 _QUOTED = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
 
-Write = Callable[[Statements], Awaitable[Response]]
+Write = Callable[[Executor], Awaitable[Response]]
 
-_k = idempotency_keys.c
-_THIS_KEY = (_k.user_id == bindparam("owner_id")) & (_k.key == bindparam("key"))
+_key = idempotency_keys.c
+_THIS_KEY = (_key.user_id == bindparam("owner_id")) & (_key.key == bindparam("key"))
 # The claim's SELECT sets how long it may wait on a concurrent claim of the same key; the
 # setting is made when the row is produced, before the insert can meet the other claim. The
 # bound is for the claim alone: RETURNING, computed once the row is in, resets it (NULL: the
@@ -80,14 +80,14 @@ _CLAIM = Sql.of(
             func.set_config("lock_timeout", bindparam("wait", type_=Text), true()).is_not(None)
         ),
     )
-    .on_conflict_do_nothing(index_elements=[_k.user_id, _k.key])
-    .returning(_k.created_at, func.set_config("lock_timeout", null(), true()))
+    .on_conflict_do_nothing(index_elements=[_key.user_id, _key.key])
+    .returning(_key.created_at, func.set_config("lock_timeout", null(), true()))
 )
-_STORED = Sql.of(select(_k.fingerprint, _k.status, _k.headers, _k.body).where(_THIS_KEY))
+_STORED = Sql.of(select(_key.fingerprint, _key.status, _key.headers, _key.body).where(_THIS_KEY))
 _EXPIRED = (
-    select(_k.user_id, _k.key)
-    .where(_k.created_at < func.now() - bindparam("ttl", type_=Interval))
-    .order_by(_k.created_at)
+    select(_key.user_id, _key.key)
+    .where(_key.created_at < func.now() - bindparam("ttl", type_=Interval))
+    .order_by(_key.created_at)
     .limit(SWEEP_BATCH)
     .with_for_update(skip_locked=True)  # two sweeps at once take different keys
 )
@@ -97,7 +97,7 @@ _STORE = Sql.of(
     .values(status=bindparam("status"), headers=bindparam("headers"), body=bindparam("body"))
     .add_cte(
         idempotency_keys.delete()
-        .where(tuple_(_k.user_id, _k.key).in_(_EXPIRED.scalar_subquery()))
+        .where(tuple_(_key.user_id, _key.key).in_(_EXPIRED.scalar_subquery()))
         .cte("swept")
     )
 )

@@ -72,7 +72,7 @@ class Identity:
         return [(u, t.strip()) for u, t in cls._from_file or []]
 
 
-class Ledger:
+class Owners:
     """Who owns which task, across the simulated users of this process (for probes and names)."""
 
     owner_of: ClassVar[dict[int, str]] = {}  # task id -> owner's label
@@ -80,9 +80,9 @@ class Ledger:
     violations = 0
 
 
-def report_isolation(message: str) -> None:
+def report_violation(message: str) -> None:
     """A violation, named by its kind: the message starts with ISOLATION, EXACTLY-ONCE..."""
-    Ledger.violations += 1
+    Owners.violations += 1
     events.request.fire(
         request_type=message.split(":", 1)[0],
         name=message,
@@ -101,7 +101,7 @@ class TaskApiUser(FastHttpUser):
 
     def on_start(self) -> None:
         self.me = Identity()
-        Ledger.ids_of[self.me.label] = self.me
+        Owners.ids_of[self.me.label] = self.me
         self.headers = {"Authorization": f"Bearer {self.me.token}"}
         self.mine: dict[int, dict[str, Any]] = {}
         self.base = f"/api/{self.me.user_id}/tasks"
@@ -123,11 +123,11 @@ class TaskApiUser(FastHttpUser):
 
     def _adopt(self, task: dict[str, Any]) -> None:
         if task["user_id"] != self.me.user_id:
-            owner = Ledger.owner_of.get(task["id"], "another user")
-            report_isolation(f"ISOLATION: user {self.me.label} saw task {task['id']} of {owner}")
+            owner = Owners.owner_of.get(task["id"], "another user")
+            report_violation(f"ISOLATION: user {self.me.label} saw task {task['id']} of {owner}")
             return
         self.mine[task["id"]] = task
-        Ledger.owner_of[task["id"]] = self.me.label
+        Owners.owner_of[task["id"]] = self.me.label
 
     def create(self) -> None:
         title = f"{self.me.label} task {random.randrange(10**6)}"
@@ -144,7 +144,7 @@ class TaskApiUser(FastHttpUser):
                 self._adopt(item)  # reports the leak
         seen = {item["id"] for item in listing if item["user_id"] == self.me.user_id}
         if seen != set(self.mine):
-            report_isolation(
+            report_violation(
                 f"ISOLATION: user {self.me.label} listed {sorted(seen - set(self.mine))[:5]} "
                 f"it never made, missing {sorted(set(self.mine) - seen)[:5]}"
             )
@@ -171,7 +171,7 @@ class Planner(TaskApiUser):
         if (task_id := self.some_task()) is not None:
             got = self._call("GET", f"{self.base}/{task_id}", 200, name="read")
             if got is not None and got != self.mine[task_id]:
-                report_isolation(f"ISOLATION: user {self.me.label} read task {task_id} changed")
+                report_violation(f"ISOLATION: user {self.me.label} read task {task_id} changed")
 
     @task(1)
     def rename(self) -> None:
@@ -199,7 +199,7 @@ class Finisher(TaskApiUser):
         toggled = self._call("PATCH", f"{self.base}/{task_id}/complete", 200, name="toggle")
         if toggled is not None:
             if toggled["completed"] is before:
-                report_isolation(
+                report_violation(
                     f"ISOLATION: user {self.me.label} toggle of {task_id} did not flip"
                 )
             self._adopt(toggled)
@@ -229,11 +229,11 @@ class Snoop(TaskApiUser):
 
     @task(4)
     def probe(self) -> None:
-        foreign = [(i, o) for i, o in list(Ledger.owner_of.items()) if o != self.me.label]
+        foreign = [(i, o) for i, o in list(Owners.owner_of.items()) if o != self.me.label]
         if not foreign:
             return
         task_id, owner_label = random.choice(foreign)
-        owner = Ledger.ids_of[owner_label]
+        owner = Owners.ids_of[owner_label]
         method, suffix, body = random.choice(
             [
                 ("GET", "", None),
@@ -260,7 +260,7 @@ class Snoop(TaskApiUser):
                     response.failure(f"{response.status_code} on a probe")
                 else:  # reported once, under the violation's own name
                     response.success()
-                    report_isolation(
+                    report_violation(
                         f"ISOLATION: user {self.me.label} got {response.status_code} on "
                         f"{method} task {task_id} of {owner_label}"
                     )
@@ -300,10 +300,10 @@ class Retrier(TaskApiUser):
         if statuses - {200, 201}:
             if any(status >= 500 for status in statuses):
                 return None  # counted as a server error by _count_server_errors
-            report_isolation(f"EXACTLY-ONCE: {name} sends with one key got {sorted(statuses)}")
+            report_violation(f"EXACTLY-ONCE: {name} sends with one key got {sorted(statuses)}")
             return None
         if len({content for _, content, _ in answers}) != 1 or sum(not r for *_, r in answers) != 1:
-            report_isolation(
+            report_violation(
                 f"EXACTLY-ONCE: user {self.me.label} {name}: {len(answers)} sends with one key "
                 f"did not all get the one first response"
             )
@@ -330,7 +330,7 @@ class Retrier(TaskApiUser):
         self._adopt(toggled)
         now = self._call("GET", f"{self.base}/{task_id}", 200, name="read")
         if now is not None and (toggled["completed"] is before or now["completed"] is before):
-            report_isolation(
+            report_violation(
                 f"EXACTLY-ONCE: user {self.me.label} toggle of {task_id} flipped twice"
             )
 
@@ -379,13 +379,13 @@ class TwoTabs(TaskApiUser):
         if any(status >= 500 for status in statuses):
             return
         if statuses != [200, 412]:
-            report_isolation(f"LOST-UPDATE: two tabs editing task {task_id} got {statuses}")
+            report_violation(f"LOST-UPDATE: two tabs editing task {task_id} got {statuses}")
             return
         winner = next(title for status, title in tabs if status == 200)
         now = self._call("GET", url, 200, name="read")
         if now is not None:
             if now["title"] != winner:
-                report_isolation(
+                report_violation(
                     f"LOST-UPDATE: task {task_id} holds {now['title']!r}, not the winner"
                 )
             self._adopt(now)
@@ -399,8 +399,8 @@ class TwoTabs(TaskApiUser):
 def _exit_code(environment: Environment, **_: Any) -> None:
     stats = environment.stats.total
     server_errors = sum(_server_errors.values())
-    if Ledger.violations:
-        print(f"isolation violations: {Ledger.violations}")
+    if Owners.violations:
+        print(f"isolation violations: {Owners.violations}")
         environment.process_exit_code = 1
     elif server_errors:
         print(f"5xx responses: {server_errors}")

@@ -1,7 +1,7 @@
 """schemathesis against our own OpenAPI: generated requests (valid and invalid) for every
 operation, on a live server with real tokens. Zero 5xx; every status and body as documented.
 
-`make fuzz` runs the long version (FUZZ_EXAMPLES=1000 per operation).
+`make fuzz` runs the long version (FUZZ_EXAMPLES=1500 per operation).
 """
 
 from __future__ import annotations

@@ -18,68 +18,64 @@ UNVERIFIED = "sslmode=require (encrypted; the server certificate is NOT verified
 
 
 @pytest.mark.parametrize(
-    ("raw", "url", "tls", "statement_cache"),
+    ("raw", "dsn", "tls", "statement_cache"),
     [
         (
             NEON_POOLED,
-            "postgresql+asyncpg://alex:pw@ep-cool-darkness-123456-pooler.eu-central-1.aws.neon.tech"
-            "/neondb?prepared_statement_cache_size=0",
+            "postgresql://alex:pw@ep-cool-darkness-123456-pooler.eu-central-1.aws.neon.tech/neondb",
             VERIFIED,
             False,
         ),
         (
             NEON_DIRECT,
-            "postgresql+asyncpg://alex:pw@ep-cool-darkness-123456.eu-central-1.aws.neon.tech/neondb",
+            "postgresql://alex:pw@ep-cool-darkness-123456.eu-central-1.aws.neon.tech/neondb",
             VERIFIED,
             True,
         ),
         (
             "postgres://u:p@localhost:5432/app",
-            "postgresql+asyncpg://u:p@localhost:5432/app",
+            "postgresql://u:p@localhost:5432/app",
             DatabaseTarget.tls,
             True,
         ),
-        ("postgresql+asyncpg://u@h/app", "postgresql+asyncpg://u@h/app", DatabaseTarget.tls, True),
+        ("postgresql+asyncpg://u@h/app", "postgresql://u@h/app", DatabaseTarget.tls, True),
         (
             "postgresql://postgres:@/postgres?host=/tmp/sock",
-            "postgresql+asyncpg://postgres:@/postgres?host=%2Ftmp%2Fsock",
+            "postgresql://postgres:@/postgres?host=%2Ftmp%2Fsock",
             DatabaseTarget.tls,
             True,
         ),
         (
             "postgresql://u@h/app?sslmode=disable",
-            "postgresql+asyncpg://u@h/app",
+            "postgresql://u@h/app",
             "sslmode=disable",
             True,
         ),
         (
             "postgresql://u@h/app?sslmode=verify-full",
-            "postgresql+asyncpg://u@h/app",
+            "postgresql://u@h/app",
             VERIFIED,
             True,
         ),
         # libpq 16+: the system's CAs, with full verification.
-        ("postgresql://u@h/app?sslrootcert=system", "postgresql+asyncpg://u@h/app", VERIFIED, True),
+        ("postgresql://u@h/app?sslrootcert=system", "postgresql://u@h/app", VERIFIED, True),
         (
             "postgresql://u@h/app?sslmode=verify-full&sslrootcert=system",
-            "postgresql+asyncpg://u@h/app",
+            "postgresql://u@h/app",
             VERIFIED,
             True,
         ),
-        ("postgresql://u@h/app?ssl=true", "postgresql+asyncpg://u@h/app", UNVERIFIED, True),
-        ("postgresql://u@h/app?ssl=false", "postgresql+asyncpg://u@h/app", "sslmode=disable", True),
+        ("postgresql://u@h/app?ssl=true", "postgresql://u@h/app", UNVERIFIED, True),
+        ("postgresql://u@h/app?ssl=false", "postgresql://u@h/app", "sslmode=disable", True),
     ],
 )
-def test_normalise_url(raw: str, url: str, tls: str, statement_cache: bool) -> None:
+def test_normalise_url(raw: str, dsn: str, tls: str, statement_cache: bool) -> None:
     target = normalise_url(raw)
-    assert target.url == url
+    # asyncpg's DSN: same host and database, libpq-only parameters gone.
+    assert target.dsn == dsn
     assert target.tls == tls
     assert target.statement_cache is statement_cache
     assert ("statement_cache_size" in target.connect_args) is not statement_cache
-    # asyncpg's own DSN: same host and database, libpq-only parameters gone.
-    assert target.dsn == url.replace("postgresql+asyncpg://", "postgresql://").replace(
-        "?prepared_statement_cache_size=0", ""
-    )
 
 
 def test_statement_cache_setting_overrides_the_host_guess() -> None:

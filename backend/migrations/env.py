@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import asyncpg
 from alembic import context
 from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
@@ -40,8 +41,15 @@ def _run(connection: Connection) -> None:
 
 async def _run_online(settings: DatabaseSettings, url: str) -> None:
     target = normalise_url(url, settings.db_statement_cache)
+
+    async def connect() -> asyncpg.Connection:  # exactly as the app's pool connects
+        return await asyncpg.connect(target.dsn, **target.connect_args)
+
+    # No prepared-statement cache of SQLAlchemy's: migrations run each statement once.
     engine = create_async_engine(
-        target.url, connect_args=target.connect_args, poolclass=pool.NullPool
+        "postgresql+asyncpg://?prepared_statement_cache_size=0",
+        async_creator=connect,
+        poolclass=pool.NullPool,
     )
     try:
         async with engine.connect() as connection:

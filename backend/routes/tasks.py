@@ -25,7 +25,7 @@ from backend.conditional import (
     preconditions,
     task_etag,
 )
-from backend.db import Row, Statements
+from backend.db import Executor, Row
 from backend.deps import CurrentUser, DatabaseDep, TaskId
 from backend.errors import (
     ApiError,
@@ -137,7 +137,7 @@ def _path(request: Request, route: str, user_id: str, **parameters: str) -> str:
 
 
 async def _refusal(
-    db: Statements, owner_id: str, task_id: int, conditions: Preconditions
+    db: Executor, owner_id: str, task_id: int, conditions: Preconditions
 ) -> ApiError:
     """Why a write found no row: a precondition ruled out a task that exists (412), or no such
     task for this user (404). Asked only after the write found nothing."""
@@ -213,7 +213,7 @@ async def list_tasks(
 async def create_task(
     request: Request, body: CreateTask, user: CurrentUser, database: DatabaseDep
 ) -> Response:
-    async def create(db: Statements) -> Response:
+    async def create(db: Executor) -> Response:
         row = await crud.create(db, user, body.title, body.description)
         location = _path(request, "read_task", user.id, task_id=str(row["id"]))
         return _task(row, status.HTTP_201_CREATED, {"Location": location})
@@ -312,7 +312,7 @@ async def toggle_task(
 ) -> Response:
     conditions = preconditions(request.headers, task_id)
 
-    async def toggle(db: Statements) -> Response:
+    async def toggle(db: Executor) -> Response:
         row = await crud.toggle(db, user.id, task_id, conditions)
         if row is None:
             raise await _refusal(db, user.id, task_id, conditions)
