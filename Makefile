@@ -25,6 +25,14 @@ $(UV):
 	$(PYTHON) -m venv .uv
 	.uv/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
+# What runs (make run, serve, migrate, token): the runtime dependencies only, plus the `otel`
+# extra with OTEL=1. --inexact: a venv that also holds the dev tools keeps them.
+RUNTIME := $(VENV)/.runtime$(if $(OTEL),-otel)
+$(RUNTIME): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --python $(PYTHON) --inexact $(if $(OTEL),--extra otel)
+	@touch $@
+
+# Everything else (tests, lint, types, e2e, bench): the dev tools and the otel extra too.
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(SYNC)
 	@touch $@
@@ -39,17 +47,17 @@ lock: $(UV) ## refresh uv.lock on purpose: newest releases pyproject.toml allows
 		sed "s|__GENERATED_BY_MAKE__|$$secret|" .env.example > .env
 	@echo "created .env with a fresh BETTER_AUTH_SECRET"
 
-migrate: install .env ## apply database migrations (embedded PostgreSQL when DATABASE_URL is unset)
+migrate: $(RUNTIME) .env ## apply database migrations (embedded PostgreSQL when DATABASE_URL is unset)
 	$(BIN)/alembic upgrade head
 
-run: migrate serve ## install, migrate, and serve on http://$(HOST):$(PORT)
+run: migrate serve ## install what runs, migrate, and serve on http://$(HOST):$(PORT) (OTEL=1: with tracing)
 
-serve: install .env
+serve: $(RUNTIME) .env
 	$(BIN)/uvicorn backend.main:create_app --factory --host $(HOST) --port $(PORT) \
 		--workers $(WORKERS) --no-access-log --timeout-graceful-shutdown 20
 
 # USER is also the login name in the environment: only a USER given on the command line counts.
-token: install .env ## print a dev token: make token USER=<id>
+token: $(RUNTIME) .env ## print a dev token: make token USER=<id>
 ifneq ($(origin USER),command line)
 	@echo "usage: make token USER=<user id>"; exit 2
 endif
