@@ -48,18 +48,20 @@ def _cosmic_ray() -> dict[str, Counter[str]]:
         text=True,
         check=True,
     ).stdout
-    tally: Counter[str] = Counter()
+    tallies: dict[str, Counter[str]] = {}
     for line in dump.splitlines():
         job, result = json.loads(line)
+        mutation = job["mutations"][0]
+        module = f"{mutation['module_path']} (cosmic-ray)"
         outcome = str((result or {}).get("test_outcome"))
+        tally = tallies.setdefault(module, Counter())
         tally[{"killed": "killed", "survived": "survived"}.get(outcome, "not run")] += 1
         if outcome == "survived":
-            mutation = job["mutations"][0]
             print(
-                f"  survived: routes/tasks.py line {mutation['start_pos'][0]} "
+                f"  survived: {mutation['module_path']} line {mutation['start_pos'][0]} "
                 f"{mutation['operator_name']} #{mutation['occurrence']}"
             )
-    return {"backend/routes/tasks.py (cosmic-ray)": tally}
+    return tallies
 
 
 def main() -> None:
