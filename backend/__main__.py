@@ -1,6 +1,8 @@
-"""Developer commands: `python -m backend token USER_ID` (a development token, for trying the
-API with curl) and `python -m backend openapi` (the API's OpenAPI document, as committed in
-backend/openapi.json). Neither starts a server or touches a database."""
+"""Commands: `python -m backend serve [uvicorn options]` (the production server: uvicorn, draining
+on SIGTERM; backend/serve.py), and two for developers that start no server and touch no
+database: `python -m backend token USER_ID` (a development token, for trying the API with curl)
+and `python -m backend openapi` (the API's OpenAPI document, as committed in
+backend/openapi.json)."""
 
 from __future__ import annotations
 
@@ -53,6 +55,13 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     openapi = commands.add_parser("openapi", help="print the OpenAPI document (make contract)")
     openapi.add_argument("--output", type=Path, help="write it to this file instead")
+    commands.add_parser("serve", help="serve the API: uvicorn's options (--help), draining")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # the rest is uvicorn's CLI, parsed by uvicorn
+        from backend import serve  # uvicorn and the app: only for this command
+
+        serve.main(argv[1:])
+        return
     args = parser.parse_args(argv)
     if args.command == "openapi":
         document = openapi_document()

@@ -157,6 +157,9 @@ class Settings(DatabaseSettings):
     # How long a retry waits for a first request with the same Idempotency-Key to finish
     # before its 409. Below DB_COMMAND_TIMEOUT_SECONDS, so the wait ends in a 409, not a 503.
     idempotency_wait_seconds: float = Field(default=5.0, gt=0, le=60)
+    # After SIGTERM, how long `python -m backend serve` keeps serving with /readyz at 503, so
+    # that load balancers stop sending before the listener closes; 0 = stop at once.
+    drain_seconds: float = Field(default=10.0, ge=0, le=3600)
 
     _split_lists = field_validator("jwt_algorithms", "cors_origins", mode="before")(_split_commas)
 

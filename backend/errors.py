@@ -245,6 +245,19 @@ class DatabaseUnavailable(ApiError):
         super().__init__(detail, {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
+class Draining(ApiError):
+    status_code = 503
+    code = "draining"
+    when = "This instance is shutting down (SIGTERM): a balancer sends new requests elsewhere."
+    headers_sent = ("Retry-After",)
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This instance is shutting down: it still answers, but send new requests elsewhere.",
+            {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+
 class DatabaseBusy(DatabaseUnavailable):
     code = "database_busy"
     when = "A lock or statement timeout: nothing was changed."

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,10 @@ def free_port() -> int:
         return port
 
 
+UVICORN_CLI = ("-m", "uvicorn", "backend.main:create_app", "--factory")
+SERVE_CLI = ("-m", "backend", "serve")  # the production command: uvicorn's CLI, draining
+
+
 @asynccontextmanager
 async def uvicorn_process(
     database_url: str,
@@ -73,13 +77,16 @@ async def uvicorn_process(
     *flags: str,
     env: Mapping[str, str] | None = None,
     listener: socket.socket | None = None,
+    cli: Sequence[str] = UVICORN_CLI,
+    port: int | None = None,
 ) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
     """The app under the uvicorn CLI in its own process, as deployed: its URL and process, once
     /healthz answers. Its output goes to `workdir`/server.log; it is stopped (SIGTERM) after.
-    `listener`: a listening socket of the test's to serve on (uvicorn --fd), options and all."""
-    command = [sys.executable, "-m", "uvicorn", "backend.main:create_app", "--factory"]
+    `listener`: a listening socket of the test's to serve on (uvicorn --fd), options and all.
+    `cli`: SERVE_CLI runs `python -m backend serve`; `port`: a fixed one (a free one if None)."""
+    command = [sys.executable, *cli]
     if listener is None:
-        port = free_port()
+        port = port or free_port()
         command += ["--port", str(port)]
     else:
         port = listener.getsockname()[1]

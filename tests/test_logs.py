@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import ROOT, SECRET, free_port
 
-MAKEFILE_SERVE_FLAGS = ("--factory", "--no-access-log", "--timeout-graceful-shutdown")
+MAKEFILE_SERVE_FLAGS = ("-m backend serve", "--no-access-log", "--timeout-graceful-shutdown")
 
 
 def _serve(database_url: str, tmp_path: Path, *flags: str, **env: str) -> str:

@@ -100,7 +100,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The database answers */
+        /** Ready for traffic: the database answers and the instance is not draining */
         get: operations["readyz"];
         put?: never;
         post?: never;
@@ -1075,7 +1075,10 @@ export interface operations {
                     "application/json": components["schemas"]["ReadyOut"];
                 };
             };
-            /** @description `database_unavailable`: The database cannot be reached, or refuses this service. */
+            /**
+             * @description - `database_unavailable`: The database cannot be reached, or refuses this service.
+             *     - `draining`: This instance is shutting down (SIGTERM): a balancer sends new requests elsewhere.
+             */
             503: {
                 headers: {
                     /** @description Seconds to wait before sending the request again. */
