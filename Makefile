@@ -14,7 +14,7 @@ PORT ?= 8000
 WORKERS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock run serve migrate token test pgbouncer redis-server fuzz bench mutate check lint types format clean example e2e chromium contract container-tools container-base image
+.PHONY: help install lock run serve migrate token test pgbouncer redis-server haproxy cluster fuzz bench mutate check lint types format clean example e2e chromium contract container-tools container-base image
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -138,9 +138,10 @@ image: $(IMAGE_DEPS) ## build the container image (IMAGE=<name>, BASE_IMAGE=<ano
 	podman build --format docker --network host $(CA_MOUNT) --build-arg UV_VERSION=$(UV_VERSION) \
 		$(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t $(IMAGE) -f Containerfile .
 
-# Minutes: a browser, and an image build.
-e2e: install $(EXAMPLE)/node_modules/.package-lock.json chromium $(IMAGE_DEPS) ## the example web client in Chromium, and the container image built and run
-	CONTAINER_BASE_IMAGE=$(BASE_IMAGE) $(BIN)/pytest -p no:cacheprovider tests/e2e tests/test_container.py
+# Minutes: a browser, an image build, and restarts behind a balancer.
+E2E_TESTS := tests/e2e tests/test_container.py tests/test_rolling_restart.py
+e2e: install $(EXAMPLE)/node_modules/.package-lock.json chromium $(IMAGE_DEPS) pgbouncer haproxy ## the example web client in Chromium, the container image built and run, a rolling restart behind HAProxy
+	CONTAINER_BASE_IMAGE=$(BASE_IMAGE) $(BIN)/pytest -p no:cacheprovider $(E2E_TESTS)
 	@echo "screenshot of the final page: test-results/e2e/web-client.png"
 
 # PgBouncer for the transaction-pooling tests: installed where apt-get can (Debian as root, as
@@ -165,9 +166,19 @@ ifneq ($(CAN_APT),)
 endif
 endif
 
+# HAProxy for the rolling-restart test (make e2e) and make cluster, the same way.
+HAPROXY := $(or $(shell command -v haproxy 2>/dev/null),$(wildcard /usr/sbin/haproxy))
+haproxy:
+ifeq ($(HAPROXY),)
+ifneq ($(CAN_APT),)
+	apt-get update -qq
+	env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy
+endif
+endif
+
 TEST_DEPS := install $(INTEROP)/node_modules/.package-lock.json pgbouncer redis-server
-# Minutes each (a browser, an image build): make e2e runs them.
-NOT_IN_TEST := --ignore=tests/e2e --ignore=tests/test_container.py
+# Minutes in all (a browser, an image build, restarts behind a balancer): make e2e runs them.
+NOT_IN_TEST := $(addprefix --ignore=,$(E2E_TESTS))
 
 # Two passes: straight to PostgreSQL, then the same suite through PgBouncer in transaction mode.
 test: $(TEST_DEPS) ## run the whole suite on a throwaway embedded PostgreSQL, direct and via PgBouncer
