@@ -139,8 +139,8 @@ image: $(IMAGE_DEPS) ## build the container image (IMAGE=<name>, BASE_IMAGE=<ano
 		$(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t $(IMAGE) -f Containerfile .
 
 # Minutes: a browser, an image build, and restarts behind a balancer.
-E2E_TESTS := tests/e2e tests/test_container.py tests/test_rolling_restart.py
-e2e: install $(EXAMPLE)/node_modules/.package-lock.json chromium $(IMAGE_DEPS) pgbouncer haproxy ## the example web client in Chromium, the container image built and run, a rolling restart behind HAProxy
+E2E_TESTS := tests/e2e tests/test_container.py tests/test_rolling_restart.py tests/test_cluster.py
+e2e: install $(EXAMPLE)/node_modules/.package-lock.json chromium $(IMAGE_DEPS) pgbouncer haproxy ## the example web client in Chromium, the container image built and run, rolling restarts behind HAProxy, make cluster under Locust
 	CONTAINER_BASE_IMAGE=$(BASE_IMAGE) $(BIN)/pytest -p no:cacheprovider $(E2E_TESTS)
 	@echo "screenshot of the final page: test-results/e2e/web-client.png"
 
@@ -175,6 +175,11 @@ ifneq ($(CAN_APT),)
 	env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy
 endif
 endif
+
+# The many-instance topology, throwaway, on one machine (bench/_cluster.py); `locust -f bench/`
+# against it as it prints.
+cluster: install .env pgbouncer haproxy ## HAProxy + 2 draining instances + PgBouncer + PostgreSQL on http://127.0.0.1:$(PORT)
+	$(BIN)/python -m bench._cluster --port $(PORT)
 
 TEST_DEPS := install $(INTEROP)/node_modules/.package-lock.json pgbouncer redis-server
 # Minutes in all (a browser, an image build, restarts behind a balancer): make e2e runs them.

@@ -1,4 +1,5 @@
-"""A real HAProxy in front of API instances, for the rolling-restart test and `make cluster`.
+"""A real HAProxy in front of restartable API instances, for the rolling-restart test and for
+`make cluster` (bench/_cluster.py).
 
 Configured as a stock balancer is: round robin, a health check of GET /readyz every 500 ms
 (down after 2 failures, up after 1 success), and no retries or redispatch, so a request sent to
@@ -9,14 +10,22 @@ included). Its runtime API (a UNIX socket) says how it sees each instance.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.conftest import SERVE_CLI, free_port, uvicorn_process
+
 HEALTH_CHECK = "inter 500ms fall 2 rise 1"
+# Instances keep idle connections open longer than HAProxy reuses them: with uvicorn's 5 s
+# default, an instance can close one just as HAProxy sends a request on it, which then fails.
+KEEP_ALIVE = ("--timeout-keep-alive", "75")
 MISSING = "haproxy is not installed (apt-get install haproxy, or brew install haproxy)"
 
 
@@ -36,8 +45,12 @@ class HAProxy:
         self.config.write_text(
             f"""global
     stats socket {self.socket} mode 600 level admin
+    log stdout format raw local0
 defaults
     mode http
+    log global
+    option httplog
+    option dontlog-normal
     timeout connect 2s
     timeout client 60s
     timeout server 60s
@@ -103,3 +116,50 @@ def running_haproxy(workdir: Path, port: int, servers: Mapping[str, int]) -> Ite
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@dataclass
+class Instance:
+    """One API instance (`python -m backend serve`, with `env`) on a fixed port, the one
+    HAProxy's configuration names; its output in `workdir`/<name><start number>/server.log
+    (and HAProxy's log of the requests it could not serve in `workdir`/haproxy.log)."""
+
+    name: str
+    database_url: str
+    workdir: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    graceful_seconds: int = 5
+    port: int = field(default_factory=free_port)
+    process: asyncio.subprocess.Process | None = None
+    _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+    _starts: Iterator[int] = field(default_factory=itertools.count)
+
+    async def start(self) -> None:
+        """Start it; returns once /healthz answers."""
+        workdir = self.workdir / f"{self.name}{next(self._starts)}"
+        workdir.mkdir(parents=True)
+        graceful = ("--timeout-graceful-shutdown", str(self.graceful_seconds))
+        serving = uvicorn_process(
+            self.database_url,
+            workdir,
+            *graceful,
+            *KEEP_ALIVE,
+            cli=SERVE_CLI,
+            port=self.port,
+            env=self.env,
+        )
+        _, self.process = await self._stack.enter_async_context(serving)
+
+    async def restart(self, within: float) -> int:
+        """SIGTERM, as an orchestrator sends it; once the process has exited (within `within`
+        seconds), a new one. The old one's exit status."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        status = await asyncio.wait_for(self.process.wait(), within)
+        await self.stop()
+        await self.start()
+        return status
+
+    async def stop(self) -> None:
+        """Stop it (SIGTERM: it drains first) unless it has exited already."""
+        await self._stack.aclose()

@@ -16,7 +16,7 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SERVE_CLI, bearer, free_port, uvicorn_process
-from tests.haproxy import MISSING, haproxy_binary, running_haproxy
+from tests.conftest import bearer, free_port
+from tests.haproxy import MISSING, Instance, haproxy_binary, running_haproxy
 
 pytestmark = pytest.mark.usefixtures("clean_tables")
 
@@ -110,48 +110,6 @@ async def steady_load(url: str, per_second: float) -> AsyncIterator[Load]:
         await sending
 
 
-@dataclass
-class Instance:
-    """One API instance on a fixed port (HAProxy's configuration names it), restartable."""
-
-    name: str
-    database_url: str
-    workdir: Path
-    drain_seconds: float
-    port: int = field(default_factory=free_port)
-    process: asyncio.subprocess.Process | None = None
-    _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
-    _starts: Iterator[int] = field(default_factory=itertools.count)
-
-    async def start(self) -> None:
-        workdir = self.workdir / f"{self.name}{next(self._starts)}"
-        workdir.mkdir(parents=True)
-        serving = uvicorn_process(
-            self.database_url,
-            workdir,
-            "--timeout-graceful-shutdown",
-            str(GRACEFUL_SECONDS),
-            cli=SERVE_CLI,
-            port=self.port,
-            env={"DRAIN_SECONDS": str(self.drain_seconds), "DB_STATEMENT_CACHE": "false"},
-        )
-        _, self.process = await self._stack.enter_async_context(serving)
-
-    async def restart(self) -> int:
-        """SIGTERM, as an orchestrator sends it; once the process has exited, a new one. The
-        old one's exit status."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        within = self.drain_seconds + GRACEFUL_SECONDS + 10
-        status = await asyncio.wait_for(self.process.wait(), within)
-        await self.stop()
-        await self.start()
-        return status
-
-    async def stop(self) -> None:
-        await self._stack.aclose()
-
-
 @pytest.mark.parametrize(
     ("drain_seconds", "loses_requests"),
     [(DRAIN_SECONDS, False), (0.0, True)],
@@ -160,7 +118,10 @@ class Instance:
 async def test_a_rolling_restart_behind_haproxy_loses_no_request(
     pgbouncer: str, tmp_path: Path, drain_seconds: float, loses_requests: bool
 ) -> None:
-    instances = [Instance(name, pgbouncer, tmp_path, drain_seconds) for name in ("a", "b")]
+    environment = {"DRAIN_SECONDS": str(drain_seconds), "DB_STATEMENT_CACHE": "false"}
+    instances = [
+        Instance(name, pgbouncer, tmp_path, environment, GRACEFUL_SECONDS) for name in ("a", "b")
+    ]
     async with AsyncExitStack() as stack:
         for instance in instances:
             stack.push_async_callback(instance.stop)
@@ -174,7 +135,7 @@ async def test_a_rolling_restart_behind_haproxy_loses_no_request(
         async with steady_load(proxy.url, LOAD_PER_SECOND) as load:
             await asyncio.sleep(1)
             for instance in instances:  # one at a time: the other carries the load meanwhile
-                exit_status = await instance.restart()
+                exit_status = await instance.restart(drain_seconds + GRACEFUL_SECONDS + 10)
                 # uvicorn's own shutdown re-raises SIGTERM on itself once done; ours exits 0.
                 assert exit_status == (-signal.SIGTERM if loses_requests else 0)
                 await proxy.until_up(instance.name)
