@@ -185,12 +185,13 @@ TEST_DEPS := install $(INTEROP)/node_modules/.package-lock.json pgbouncer redis-
 # Minutes in all (a browser, an image build, restarts behind a balancer): make e2e runs them.
 NOT_IN_TEST := $(addprefix --ignore=,$(E2E_TESTS))
 
-# Two passes: straight to PostgreSQL, then the same suite through PgBouncer in transaction mode.
+# Two passes: straight to PostgreSQL, then the tests that reach the database by the route under
+# test (marked `db` by tests/conftest.py) again, through PgBouncer in transaction mode.
 test: $(TEST_DEPS) ## run the whole suite on a throwaway embedded PostgreSQL, direct and via PgBouncer
 	$(BIN)/coverage run -m pytest $(NOT_IN_TEST) $(PYTEST_ARGS)
 	@if [ -n "$(HAVE_PGBOUNCER)" ]; then \
-		echo "TEST_DATABASE_ROUTE=pgbouncer $(BIN)/coverage run --append -m pytest $(NOT_IN_TEST) $(PYTEST_ARGS)"; \
-		TEST_DATABASE_ROUTE=pgbouncer $(BIN)/coverage run --append -m pytest $(NOT_IN_TEST) $(PYTEST_ARGS); \
+		echo "TEST_DATABASE_ROUTE=pgbouncer $(BIN)/coverage run --append -m pytest -m db $(NOT_IN_TEST) $(PYTEST_ARGS)"; \
+		TEST_DATABASE_ROUTE=pgbouncer $(BIN)/coverage run --append -m pytest -m db $(NOT_IN_TEST) $(PYTEST_ARGS); \
 	else \
 		echo "SKIPPED the PgBouncer pass: pgbouncer is not installed (brew install pgbouncer, or apt-get install pgbouncer)"; \
 	fi

@@ -57,6 +57,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 _MUTANT_BASETEMP = pytest.StashKey[str]()
 
+# Fixtures through which a test's app reaches PostgreSQL by the route under test.
+_ROUTED_FIXTURES = frozenset({"database_url"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks `db` every test that reaches the database by the route under test, so make
+    test's PgBouncer pass (`-m db`) runs those alone: the rest cannot tell the routes apart."""
+    for item in items:
+        if _ROUTED_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.db)
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (now)."""

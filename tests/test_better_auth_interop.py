@@ -2,6 +2,7 @@
 
 A stock Better Auth server (memory adapter, email + password, JWT plugin) runs on loopback; users
 sign up through its HTTP API and fetch their JWT from /api/auth/token, as a browser would.
+The database is reached directly: tokens do not depend on its route.
 """
 
 from __future__ import annotations
@@ -93,11 +94,11 @@ def better_auth(request: pytest.FixtureRequest) -> Iterator[BetterAuth]:
 
 
 async def _api(
-    settings: Settings, better_auth: BetterAuth, better_auth_url: str | None = None
+    database_url: str, better_auth: BetterAuth, better_auth_url: str | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     configured = Settings(
         _env_file=None,
-        database_url=settings.database_url,
+        database_url=database_url,
         better_auth_url=better_auth_url or better_auth.base_url,
     )
     app = create_app(configured)
@@ -110,10 +111,10 @@ async def _api(
 
 @pytest.fixture
 async def api(
-    settings: Settings, better_auth: BetterAuth, clean_tables: None
+    direct_database_url: str, better_auth: BetterAuth, clean_tables: None
 ) -> AsyncIterator[httpx.AsyncClient]:
     """Our API configured the way the README says: only BETTER_AUTH_URL."""
-    async for client in _api(settings, better_auth):
+    async for client in _api(direct_database_url, better_auth):
         yield client
 
 
@@ -168,11 +169,12 @@ def rotating_better_auth() -> Iterator[BetterAuth]:
 
 
 async def test_key_rotation_old_and_new_tokens_both_work(
-    settings: Settings, rotating_better_auth: BetterAuth, clean_tables: None
+    direct_database_url: str, rotating_better_auth: BetterAuth, clean_tables: None
 ) -> None:
     async with rotating_better_auth.signed_up("rotor") as (user_id, browser):
         before = await rotating_better_auth.token(browser)
-        async for api in _api(settings, rotating_better_auth):  # fetches the JWKS (old key)
+        # The app fetches the JWKS (the old key) as it starts.
+        async for api in _api(direct_database_url, rotating_better_auth):
             await asyncio.sleep(2.2)  # past rotationInterval: the next signing makes a new key
             after = await rotating_better_auth.token(browser)
             assert (
@@ -197,7 +199,7 @@ def stock_better_auth() -> Iterator[BetterAuth]:
     ids=["trailing slash", "upper-case scheme", "credentials", "base path"],
 )
 async def test_better_auth_url_is_taken_as_its_origin(
-    settings: Settings, stock_better_auth: BetterAuth, clean_tables: None, spelling: str
+    direct_database_url: str, stock_better_auth: BetterAuth, clean_tables: None, spelling: str
 ) -> None:
     """Better Auth signs iss/aud with `new URL(baseURL).origin`: any spelling of that URL that
     names the same origin is the same issuer."""
@@ -205,7 +207,7 @@ async def test_better_auth_url_is_taken_as_its_origin(
     url = spelling.format(base=stock_better_auth.base_url, host=host)
     async with stock_better_auth.signed_up("spelled") as (user_id, browser):
         token = await stock_better_auth.token(browser)
-        async for api in _api(settings, stock_better_auth, better_auth_url=url):
+        async for api in _api(direct_database_url, stock_better_auth, better_auth_url=url):
             response = await api.get(
                 f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"}
             )

@@ -2,7 +2,7 @@
 
 uvicorn's own switches must hold (`--no-access-log` means no access lines), `--access-log`
 brings the lines back in our format with the request id, and LOG_LEVEL governs uvicorn's
-loggers too.
+loggers too. The database is reached directly: what is logged does not depend on the route.
 """
 
 from __future__ import annotations
@@ -58,17 +58,19 @@ def test_the_makefile_serves_without_access_log() -> None:
         assert flag in recipe
 
 
-def test_no_access_log_means_no_access_lines(database_url: str, tmp_path: Path) -> None:
-    output = _serve(database_url, tmp_path, "--no-access-log", "--timeout-graceful-shutdown", "20")
+def test_no_access_log_means_no_access_lines(direct_database_url: str, tmp_path: Path) -> None:
+    output = _serve(
+        direct_database_url, tmp_path, "--no-access-log", "--timeout-graceful-shutdown", "20"
+    )
     assert "Application startup complete" in output  # the server did log, at INFO
     assert "GET /healthz" not in output
     assert "uvicorn.access" not in output
 
 
 def test_access_log_opt_in_uses_our_format_with_the_request_id(
-    database_url: str, tmp_path: Path
+    direct_database_url: str, tmp_path: Path
 ) -> None:
-    output = _serve(database_url, tmp_path, "--access-log")
+    output = _serve(direct_database_url, tmp_path, "--access-log")
     lines = [line for line in output.splitlines() if "GET /healthz" in line]
     assert len(lines) == 4, output
     pattern = r"\S+ \S+ INFO    uvicorn\.access \[trace-2\] 127\.0\.0\.1:\d+ - \"GET /healthz"
@@ -76,8 +78,10 @@ def test_access_log_opt_in_uses_our_format_with_the_request_id(
 
 
 @pytest.mark.parametrize("level", ["WARNING", "warning"])
-def test_log_level_governs_uvicorn_too(database_url: str, tmp_path: Path, level: str) -> None:
-    output = _serve(database_url, tmp_path, "--access-log", LOG_LEVEL=level)
+def test_log_level_governs_uvicorn_too(
+    direct_database_url: str, tmp_path: Path, level: str
+) -> None:
+    output = _serve(direct_database_url, tmp_path, "--access-log", LOG_LEVEL=level)
     assert "Application startup complete" not in output, output  # uvicorn's INFO
     assert "GET /healthz" not in output
     assert "Traceback" not in output

@@ -78,6 +78,7 @@ async def _lock_waiters(url: str, count: int) -> None:
         await watcher.close()
 
 
+@pytest.mark.db  # the PgBouncer pass runs it, through the pooler (below)
 async def test_instances_starting_together_all_exit_0_with_the_schema_at_head(
     fresh_database: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
