@@ -1,0 +1,38 @@
+"""Loaded beside bench/ by tests/test_bench_isolation.py (`locust -f bench/,<this file>`): the
+run ends at the first violation bench/locustfile.py reports, instead of running out its time.
+
+It adds one listener and no users; what bench/ checks and how it sets the exit code stay its own.
+It must not import bench/locustfile.py: a second copy would register bench's listeners twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+from locust import events
+from locust.env import Environment
+
+# The kinds bench/locustfile.py's report_isolation names its failures by (their request_type).
+VIOLATIONS = frozenset({"ISOLATION", "EXACTLY-ONCE", "LOST-UPDATE"})
+
+_runs: list[Environment] = []
+
+
+def _remember(environment: Environment, **_: Any) -> None:
+    _runs.append(environment)
+
+
+def _quit_at_a_violation(
+    request_type: str = "", exception: BaseException | None = None, **_: Any
+) -> None:
+    if exception is None or request_type not in VIOLATIONS:
+        return
+    for environment in _runs:
+        if environment.runner is not None:
+            gevent.spawn(environment.runner.quit)  # not from a user's greenlet, which quit kills
+    _runs.clear()  # once
+
+
+events.init.add_listener(_remember)  # type: ignore[no-untyped-call]
+events.request.add_listener(_quit_at_a_violation)  # type: ignore[no-untyped-call]
