@@ -355,20 +355,34 @@ async def client(_shared_client: httpx.AsyncClient, clean_tables: None) -> httpx
     return _shared_client
 
 
+@asynccontextmanager
+async def app_client(app: FastAPI, **transport: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `app` over ASGITransport (`transport`: its options), the app's lifespan
+    running for as long as the client: for a test that must build or time the app itself."""
+    async with app.router.lifespan_context(app):
+        asgi = httpx.ASGITransport(app, **transport)
+        async with httpx.AsyncClient(transport=asgi, base_url="http://testserver") as client:
+            yield client
+
+
 @pytest.fixture
 async def make_client(settings: Settings, clean_tables: None) -> AsyncIterator[ClientFactory]:
     """`await make_client(**changes)`: a client of a new app whose settings differ by `changes`
-    (set as given: no validator runs), its lifespan started; all closed after the test."""
+    (set as given: no validator runs), its lifespan started; `make_client(other, **changes)`
+    starts from `other` instead, for settings that must be derived (say from BETTER_AUTH_URL).
+    All closed after the test."""
     async with AsyncExitStack() as stack:
 
-        async def make(**changes: Any) -> httpx.AsyncClient:
-            app = create_app(settings.model_copy(update=changes))
-            await stack.enter_async_context(app.router.lifespan_context(app))
-            transport = httpx.ASGITransport(app)
-            client = httpx.AsyncClient(transport=transport, base_url="http://testserver")
-            return await stack.enter_async_context(client)
+        async def make(base: Settings | None = None, /, **changes: Any) -> httpx.AsyncClient:
+            app = create_app((base or settings).model_copy(update=changes))
+            return await stack.enter_async_context(app_client(app))
 
         yield make
+
+
+# Nothing listens on port 9 on loopback: every connection attempt is refused at once.
+UNREACHABLE_DATABASE = "postgresql://u:p@127.0.0.1:9/app"
+DATABASE_DOWN = {"database_url": UNREACHABLE_DATABASE, "db_connect_budget_seconds": 0}
 
 
 def with_query(url: str, **parameters: str) -> str:

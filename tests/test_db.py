@@ -16,6 +16,7 @@ from sqlalchemy import bindparam, select
 from backend.config import Settings
 from backend.db import Database, Sql, Trouble, database_trouble
 from backend.models import tasks
+from tests.conftest import UNREACHABLE_DATABASE
 
 
 def test_compiled_statements_keep_their_literal_values() -> None:
@@ -112,9 +113,8 @@ async def test_connections_are_handed_out_in_arrival_order(settings: Settings) -
 async def test_an_unreachable_database_is_retried_with_backoff_within_the_budget(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = "postgresql://u@127.0.0.1:9/app"  # nothing listens on port 9: refused at once
-    budget = {"db_connect_budget_seconds": 0.6, "database_url": url}
-    database = await Database.open(settings.model_copy(update=budget), url)
+    budget = {"db_connect_budget_seconds": 0.6, "database_url": UNREACHABLE_DATABASE}
+    database = await Database.open(settings.model_copy(update=budget), UNREACHABLE_DATABASE)
     started = time.monotonic()
     try:
         with (

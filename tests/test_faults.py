@@ -4,13 +4,14 @@ During the outage: 503 + Retry-After, never a 500, no request hangs. After: the 
 by itself, and every write it acknowledged (2xx) before the crash is in the database. The
 clients do what a careful web client does: each create carries an Idempotency-Key and is sent
 again after every 503 until it is answered, so every intended task exists exactly once.
+Each test here picks its own database URL, never PgBouncer: only the direct pass runs them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,11 +19,9 @@ import asyncpg
 import httpx
 import pytest
 
-from backend.config import Settings
 from backend.db import EmbeddedPostgres
-from backend.main import create_app
 from tests.conftest import (
-    SECRET,
+    VIA_PGBOUNCER,
     ClientFactory,
     Database,
     Headers,
@@ -30,6 +29,8 @@ from tests.conftest import (
     run_alembic,
     with_query,
 )
+
+pytestmark = pytest.mark.skipif(VIA_PGBOUNCER, reason="their own database URLs, never PgBouncer")
 
 WORKERS = 8
 RUN_SECONDS = 9.0
@@ -61,20 +62,15 @@ def crashable_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
 
 
 @pytest.fixture
-async def api(crashable_postgres: EmbeddedPostgres) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(
-        _env_file=None,
+async def api(
+    crashable_postgres: EmbeddedPostgres, make_client: ClientFactory
+) -> httpx.AsyncClient:
+    """The app on the crashable server (closed before that server is, by fixture order)."""
+    return await make_client(
         database_url=crashable_postgres.url(),
-        better_auth_secret=SECRET,
         db_connect_budget_seconds=1.0,
         db_connect_timeout_seconds=1.0,
     )
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client,
-    ):
-        yield client
 
 
 async def _client_loop(api: httpx.AsyncClient, worker: int, ledger: Ledger, stop_at: float) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from backend.config import Settings
 from backend.main import create_app
-from tests.conftest import Headers
+from tests.conftest import UNREACHABLE_DATABASE, ClientFactory, Headers, app_client
 
 
 async def test_healthz_and_readyz(client: httpx.AsyncClient) -> None:
@@ -30,20 +28,8 @@ async def test_request_id_is_echoed_or_made_up(client: httpx.AsyncClient) -> Non
 
 
 @pytest.fixture
-async def unreachable_database(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    # Port 9 on loopback: nothing listens, so every connection attempt is refused at once.
-    dead = settings.model_copy(
-        update={
-            "database_url": "postgresql://u:p@127.0.0.1:9/app",
-            "db_connect_budget_seconds": 0.3,
-        }
-    )
-    app = create_app(dead)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c,
-    ):
-        yield c
+async def unreachable_database(make_client: ClientFactory) -> httpx.AsyncClient:
+    return await make_client(database_url=UNREACHABLE_DATABASE, db_connect_budget_seconds=0.3)
 
 
 async def test_database_outage_is_503_with_retry_after(
@@ -70,11 +56,7 @@ async def test_a_bug_is_a_500_without_internals(settings: Settings) -> None:
     async def boom() -> None:
         raise RuntimeError("secret internals: password=hunter2")
 
-    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://t") as c,
-    ):
+    async with app_client(app, raise_app_exceptions=False) as c:
         response = await c.get("/boom", headers={"X-Request-ID": "trace-me"})
     assert response.status_code == 500
     assert response.json() == {

@@ -4,16 +4,13 @@ response for every retry, keys that belong to one user, and nothing kept without
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
-from backend.config import Settings
 from backend.idempotency import fingerprint
-from backend.main import create_app
 from backend.models import CreateTask
 from tests.conftest import ClientFactory, Database, Headers
 
@@ -149,21 +146,11 @@ async def test_concurrent_requests_with_one_key_write_once(
         assert await db.fetch("SELECT completed, version FROM tasks") == [(True, 2)]
 
 
-@pytest.fixture
-async def impatient(settings: Settings, clean_tables: None) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with a short wait for a concurrent request holding the same key."""
-    app = create_app(settings.model_copy(update={"idempotency_wait_seconds": 0.3}))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client,
-    ):
-        yield client
-
-
 async def test_a_key_still_in_flight_is_409_then_the_retry_is_served(
-    impatient: httpx.AsyncClient, db: Database, alice: Headers
+    make_client: ClientFactory, db: Database, alice: Headers
 ) -> None:
     """Another worker is mid-way through the first request: its claim is uncommitted."""
+    impatient = await make_client(idempotency_wait_seconds=0.3)  # a short wait for the key
     first = await asyncpg.connect(db.url)
     try:
         transaction = first.transaction()

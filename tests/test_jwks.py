@@ -24,7 +24,7 @@ from backend.auth import MAX_JWKS_BYTES, JwksCache, TokenVerifier
 from backend.config import Settings
 from backend.errors import TokenError
 from backend.main import create_app
-from tests.conftest import SECRET, Headers
+from tests.conftest import SECRET, ClientFactory, Headers, app_client
 from tests.jwks_server import JwksServer, SigningKey, make_key
 
 ALGORITHMS = ["EdDSA", "ES256", "RS256", "PS256"]
@@ -641,8 +641,8 @@ async def test_credentials_in_the_jwks_url_go_as_basic_auth_and_are_never_logged
 
 @pytest.fixture
 async def jwks_app(
-    settings: Settings, jwks_server: JwksServer, clean_tables: None
-) -> AsyncIterator[tuple[httpx.AsyncClient, SigningKey]]:
+    settings: Settings, jwks_server: JwksServer, make_client: ClientFactory
+) -> tuple[httpx.AsyncClient, SigningKey]:
     key = make_key("EdDSA", "ba-key-1")
     jwks_server.keys = [
         key,
@@ -657,16 +657,12 @@ async def jwks_app(
     configured = Settings(
         _env_file=None,
         database_url=settings.database_url,
+        db_statement_cache=settings.db_statement_cache,
         better_auth_secret=SECRET,
         better_auth_url=jwks_server.base_url,
         jwks_refetch_cooldown_seconds=0,
     )
-    app: FastAPI = create_app(configured)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c,
-    ):
-        yield c, key
+    return await make_client(configured), key
 
 
 def _b64(data: bytes) -> str:
@@ -697,11 +693,7 @@ async def test_start_up_and_health_never_wait_for_the_key_server(
         {**claims, "sub": "alice", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"
     )
     started = time.monotonic()
-    async with (
-        asyncio.timeout(5),
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client,
-    ):
+    async with asyncio.timeout(5), app_client(app) as client:
         health = await client.get("/healthz")
         served = await client.get("/api/alice/tasks", headers={"Authorization": f"Bearer {hs256}"})
         assert (health.status_code, served.status_code) == (200, 200)

@@ -15,10 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from backend.config import Settings
-from backend.main import create_app
 from backend.metrics import UnsafeDirectory, _checked
-from tests.conftest import VIA_PGBOUNCER, Database, bearer, uvicorn_process
+from tests.conftest import VIA_PGBOUNCER, ClientFactory, Database, bearer, uvicorn_process
 
 TASK_ROUTE = "/api/{user_id}/tasks/{task_id}"
 LIST_ROUTE = "/api/{user_id}/tasks"
@@ -48,14 +46,8 @@ async def test_metrics_are_off_by_default(client: httpx.AsyncClient) -> None:
 
 
 @pytest.fixture
-async def metered(settings: Settings, clean_tables: None) -> AsyncIterator[httpx.AsyncClient]:
-    enabled = {"metrics_enabled": True, "metrics_token": SecretStr("scrape-me")}
-    app = create_app(settings.model_copy(update=enabled))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client,
-    ):
-        yield client
+async def metered(make_client: ClientFactory) -> httpx.AsyncClient:
+    return await make_client(metrics_enabled=True, metrics_token=SecretStr("scrape-me"))
 
 
 async def test_metrics_count_by_route_template(metered: httpx.AsyncClient) -> None:

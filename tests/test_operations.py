@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from backend.config import Settings
 from backend.logs import JsonFormatter, configure_logging
-from backend.main import create_app
-from tests.conftest import bearer
-
-
-async def _client(settings: Settings, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings.model_copy(update=overrides))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client,
-    ):
-        yield client
+from tests.conftest import DATABASE_DOWN, ClientFactory, bearer
 
 
 @pytest.fixture
-async def cors(settings: Settings, clean_tables: None) -> AsyncIterator[httpx.AsyncClient]:
-    async for client in _client(settings, cors_origins=["https://app.example.com"]):
-        yield client
+async def cors(make_client: ClientFactory) -> httpx.AsyncClient:
+    return await make_client(cors_origins=["https://app.example.com"])
 
 
 async def test_cors_preflight_for_the_web_client(cors: httpx.AsyncClient) -> None:
@@ -91,12 +77,11 @@ def test_json_logs_carry_the_request_id() -> None:
 
 
 async def test_a_request_logs_json_with_its_id(
-    settings: Settings, capfd: pytest.CaptureFixture[str]
+    make_client: ClientFactory, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    down = {"database_url": "postgresql://u:p@127.0.0.1:9/app", "db_connect_budget_seconds": 0}
-    async for client in _client(settings, log_format="json", **down):
-        headers = {"X-Request-ID": "trace-7", **bearer("alice")}
-        assert (await client.get("/api/alice/tasks", headers=headers)).status_code == 503
+    client = await make_client(log_format="json", **DATABASE_DOWN)
+    headers = {"X-Request-ID": "trace-7", **bearer("alice")}
+    assert (await client.get("/api/alice/tasks", headers=headers)).status_code == 503
     configure_logging("WARNING", "text")
     lines = [orjson.loads(line) for line in capfd.readouterr().err.splitlines() if line]
     outage = [line for line in lines if line["msg"].startswith("database unreachable")]

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 
 from backend.config import Settings
 from backend.main import create_app
-from tests.conftest import SECRET, bearer
+from tests.conftest import SECRET, app_client, bearer
 
 
 async def _hammer(pgbouncer: str, statement_cache: bool) -> list[int]:
@@ -24,14 +23,8 @@ async def _hammer(pgbouncer: str, statement_cache: bool) -> list[int]:
         db_statement_cache=statement_cache,
         db_pool_size=20,
     )
-    app = create_app(settings)
     user = f"bouncer-{statement_cache}"
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app, raise_app_exceptions=False), base_url="http://t"
-        ) as client,
-    ):
+    async with app_client(create_app(settings), raise_app_exceptions=False) as client:
 
         async def one(i: int) -> int:
             path = f"/api/{user}/tasks"

@@ -24,7 +24,7 @@ from backend import ratelimit
 from backend.config import Settings, settings_or_exit
 from backend.main import create_app
 from backend.ratelimit import RateLimiter
-from tests.conftest import SECRET, bearer, free_port, serve
+from tests.conftest import SECRET, ClientFactory, bearer, free_port, serve
 
 MINUTE_START = 60.0 * 29_000_000  # a wall-clock time on a minute boundary, as limits' windows are
 
@@ -138,23 +138,19 @@ def limited_settings(settings: Settings, clean_tables_sync: None) -> Settings:
     return settings.model_copy(update={"rate_limit_per_minute": 5})
 
 
-async def test_429_with_retry_after_per_user_after_auth(limited_settings: Settings) -> None:
-    app = create_app(limited_settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client,
-    ):
-        statuses = [
-            (await client.get("/api/alice/tasks", headers=bearer("alice"))).status_code
-            for _ in range(6)
-        ]
-        assert statuses == [200] * 5 + [429]
-        refused = await client.get("/api/alice/tasks", headers=bearer("alice"))
-        assert refused.status_code == 429
-        assert refused.json()["code"] == "rate_limited"
-        assert 1 <= int(refused.headers["Retry-After"]) <= 60
-        assert (await client.get("/api/bob/tasks", headers=bearer("bob"))).status_code == 200
-        assert (await client.get("/api/alice/tasks")).status_code == 401  # auth comes first
+async def test_429_with_retry_after_per_user_after_auth(make_client: ClientFactory) -> None:
+    client = await make_client(rate_limit_per_minute=5)
+    statuses = [
+        (await client.get("/api/alice/tasks", headers=bearer("alice"))).status_code
+        for _ in range(6)
+    ]
+    assert statuses == [200] * 5 + [429]
+    refused = await client.get("/api/alice/tasks", headers=bearer("alice"))
+    assert refused.status_code == 429
+    assert refused.json()["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert (await client.get("/api/bob/tasks", headers=bearer("bob"))).status_code == 200
+    assert (await client.get("/api/alice/tasks")).status_code == 401  # auth comes first
 
 
 def test_two_instances_share_one_limit_in_redis(

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from fastapi import FastAPI
@@ -23,7 +22,7 @@ from backend import logs, tracing
 from backend.config import Settings
 from backend.logs import configure_logging
 from backend.main import create_app
-from tests.conftest import ROOT, SECRET, Headers
+from tests.conftest import DATABASE_DOWN, ROOT, SECRET, Headers, app_client
 
 READ_ROUTE = "GET /api/{user_id}/tasks/{task_id}"
 
@@ -40,15 +39,6 @@ def _traced(app: FastAPI) -> Iterator[InMemorySpanExporter]:
         logs.trace_id = None
 
 
-@asynccontextmanager
-async def _serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client,
-    ):
-        yield client
-
-
 def _by_kind(spans: tuple[ReadableSpan, ...], kind: SpanKind) -> list[ReadableSpan]:
     return [span for span in spans if span.kind == kind]
 
@@ -58,7 +48,7 @@ async def test_a_request_is_a_server_span_with_its_statement_as_child(
 ) -> None:
     app = create_app(settings)
     with _traced(app) as exporter:
-        async with _serving(app) as client:
+        async with app_client(app) as client:
             created = await client.post("/api/alice/tasks", headers=alice, json={"title": "t"})
             exporter.clear()
             read = await client.get(created.headers["Location"], headers=alice)
@@ -78,10 +68,9 @@ async def test_a_request_is_a_server_span_with_its_statement_as_child(
 async def test_log_records_carry_the_trace_id(
     settings: Settings, alice: Headers, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    down = {"database_url": "postgresql://u:p@127.0.0.1:9/app", "db_connect_budget_seconds": 0}
-    app = create_app(settings.model_copy(update={**down, "log_format": "json"}))
+    app = create_app(settings.model_copy(update={**DATABASE_DOWN, "log_format": "json"}))
     with _traced(app) as exporter:
-        async with _serving(app) as client:
+        async with app_client(app) as client:
             headers = {"X-Request-ID": "trace-me", **alice}
             assert (await client.get("/api/alice/tasks", headers=headers)).status_code == 503
     configure_logging("WARNING", "text")

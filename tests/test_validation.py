@@ -7,9 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from backend.config import Settings
-from backend.main import create_app
-from tests.conftest import Database, Headers
+from tests.conftest import DATABASE_DOWN, ClientFactory, Database, Headers
 
 MAX = 2**63 - 1
 
@@ -199,15 +197,9 @@ async def test_unknown_route_and_method_use_the_error_shape(
 
 
 @pytest.fixture
-async def no_database(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its database unreachable (nothing listens on port 9)."""
-    down = {"database_url": "postgresql://u:p@127.0.0.1:9/app", "db_connect_budget_seconds": 0}
-    app = create_app(settings.model_copy(update=down))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client,
-    ):
-        yield client
+async def no_database(make_client: ClientFactory) -> httpx.AsyncClient:
+    """The app with its database unreachable."""
+    return await make_client(**DATABASE_DOWN)
 
 
 @pytest.mark.parametrize(
