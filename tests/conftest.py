@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 import httpx
@@ -215,6 +216,17 @@ def make_token(
 
 def bearer(user_id: str, **claims: Any) -> Headers:
     return {"Authorization": f"Bearer {make_token(user_id, **claims)}"}
+
+
+async def create_task(client: httpx.AsyncClient, headers: Headers, **body: Any) -> httpx.Response:
+    """Creates a task (title "t" unless `body` gives one) for the user `headers`' token names,
+    under that user's own path; asserts the 201 and returns the response."""
+    token = headers["Authorization"].removeprefix("Bearer ")
+    user = jwt.decode(token, options={"verify_signature": False})["sub"]
+    path = f"/api/{quote(user, safe='')}/tasks"
+    response = await client.post(path, headers=headers, json={"title": "t", **body})
+    assert response.status_code == 201, response.text
+    return response
 
 
 def run_alembic(

@@ -6,13 +6,13 @@ import asyncio
 
 import httpx
 
-from tests.conftest import Headers
+from tests.conftest import Headers, create_task
 
 
 async def test_concurrent_toggles_are_all_counted(
     client: httpx.AsyncClient, alice: Headers
 ) -> None:
-    task = (await client.post("/api/alice/tasks", headers=alice, json={"title": "t"})).json()
+    task = (await create_task(client, alice)).json()
     url = f"/api/alice/tasks/{task['id']}/complete"
 
     responses = await asyncio.gather(*(client.patch(url, headers=alice) for _ in range(51)))
@@ -25,7 +25,7 @@ async def test_concurrent_toggles_are_all_counted(
 
 
 async def test_fifty_toggles_return_to_the_start(client: httpx.AsyncClient, alice: Headers) -> None:
-    task = (await client.post("/api/alice/tasks", headers=alice, json={"title": "t"})).json()
+    task = (await create_task(client, alice)).json()
     url = f"/api/alice/tasks/{task['id']}/complete"
     responses = await asyncio.gather(*(client.patch(url, headers=alice) for _ in range(50)))
     assert all(r.status_code == 200 for r in responses)

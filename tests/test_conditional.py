@@ -9,15 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Database, Headers
+from tests.conftest import Database, Headers, create_task
 
 TASKS = "/api/alice/tasks"
-
-
-async def _create(client: httpx.AsyncClient, alice: Headers, title: str = "t") -> httpx.Response:
-    response = await client.post(TASKS, headers=alice, json={"title": title})
-    assert response.status_code == 201, response.text
-    return response
 
 
 def _write(method: str, url: str) -> dict[str, Any]:
@@ -35,7 +29,7 @@ WRITES = ["PUT", "PATCH", "DELETE"]
 async def test_every_task_response_carries_a_strong_etag_that_changes_with_the_task(
     client: httpx.AsyncClient, alice: Headers
 ) -> None:
-    created = await _create(client, alice)
+    created = await create_task(client, alice)
     url = created.headers["Location"]
     task_id = created.json()["id"]
     etags = [created.headers["ETag"]]
@@ -61,7 +55,7 @@ async def test_every_task_response_carries_a_strong_etag_that_changes_with_the_t
 async def test_if_match_with_the_current_etag_writes(
     client: httpx.AsyncClient, alice: Headers, method: str
 ) -> None:
-    created = await _create(client, alice)
+    created = await create_task(client, alice)
     headers = alice | {"If-Match": created.headers["ETag"]}
     response = await client.request(**_write(method, created.headers["Location"]), headers=headers)
     assert response.status_code == (204 if method == "DELETE" else 200), response.text
@@ -71,7 +65,7 @@ async def test_if_match_with_the_current_etag_writes(
 async def test_if_match_with_a_stale_etag_is_412_and_changes_nothing(
     client: httpx.AsyncClient, db: Database, alice: Headers, method: str
 ) -> None:
-    created = await _create(client, alice)
+    created = await create_task(client, alice)
     url, stale = created.headers["Location"], created.headers["ETag"]
     assert (await client.put(url, headers=alice, json={"title": "edited elsewhere"})).is_success
     before = await db.fetch("SELECT title, completed, version FROM tasks")
@@ -96,8 +90,8 @@ async def test_if_match_with_a_stale_etag_is_412_and_changes_nothing(
 async def test_if_match_compares_strongly_and_per_task(
     client: httpx.AsyncClient, alice: Headers, if_match: str
 ) -> None:
-    task_id = (await _create(client, alice)).json()["id"]
-    other = (await _create(client, alice)).json()["id"]
+    task_id = (await create_task(client, alice)).json()["id"]
+    other = (await create_task(client, alice)).json()["id"]
     header = if_match.format(id=task_id, other=other)
     response = await client.put(
         f"{TASKS}/{task_id}", headers=alice | {"If-Match": header}, json={"title": "x"}
@@ -106,7 +100,7 @@ async def test_if_match_compares_strongly_and_per_task(
 
 
 async def test_if_match_any_of_a_list_and_star(client: httpx.AsyncClient, alice: Headers) -> None:
-    created = await _create(client, alice)
+    created = await create_task(client, alice)
     url, etag = created.headers["Location"], created.headers["ETag"]
     listed = alice | {"If-Match": f'"0.1", W/{etag}, {etag}'}
     renamed = await client.put(url, headers=listed, json={"title": "a"})
@@ -127,7 +121,7 @@ async def test_if_match_on_a_task_that_is_not_yours_is_404_like_no_task_at_all(
 ) -> None:
     """Preconditions are judged only on a task the user can see: a 412 would confirm that bob's
     task exists (and that its ETag was guessed right)."""
-    bobs = await client.post("/api/bob/tasks", headers=bob, json={"title": "bob's"})
+    bobs = await create_task(client, bob, title="bob's")
     bobs_id = bobs.json()["id"]
     before = await db.fetch("SELECT title, completed, version FROM tasks")
     for task_id in (bobs_id, bobs_id + 1000):  # bob's, and one that does not exist
@@ -145,7 +139,7 @@ async def test_if_match_on_a_task_that_is_not_yours_is_404_like_no_task_at_all(
 async def test_malformed_precondition_headers_are_400(
     client: httpx.AsyncClient, db: Database, alice: Headers, header: str, value: str
 ) -> None:
-    url = (await _create(client, alice)).headers["Location"]
+    url = (await create_task(client, alice)).headers["Location"]
     if header == "If-Match":
         response = await client.put(url, headers=alice | {header: value}, json={"title": "x"})
     else:
@@ -162,7 +156,7 @@ async def test_a_malformed_precondition_is_400_before_the_task_is_looked_up(
 ) -> None:
     """The header is judged before the database is asked, so the answer is the same 400 for a
     missing task and for another user's: it tells nothing about either."""
-    bobs = await client.post("/api/bob/tasks", headers=bob, json={"title": "b"})
+    bobs = await create_task(client, bob, title="b")
     for task_id in (bobs.json()["id"], 999_999):
         url = f"{TASKS}/{task_id}"
         if header == "If-Match":
@@ -175,7 +169,7 @@ async def test_a_malformed_precondition_is_400_before_the_task_is_looked_up(
 async def test_if_none_match_on_a_task_is_304_until_it_changes(
     client: httpx.AsyncClient, alice: Headers
 ) -> None:
-    created = await _create(client, alice)
+    created = await create_task(client, alice)
     url, etag = created.headers["Location"], created.headers["ETag"]
     for header in (etag, f"W/{etag}", f'"0.1", {etag}', "*"):
         unchanged = await client.get(url, headers=alice | {"If-None-Match": header})
@@ -197,7 +191,7 @@ async def test_if_none_match_on_a_task_is_304_until_it_changes(
 async def test_the_list_etag_follows_every_change_of_that_users_tasks_only(
     client: httpx.AsyncClient, alice: Headers, bob: Headers
 ) -> None:
-    first = await _create(client, alice)
+    first = await create_task(client, alice)
     url = first.headers["Location"]
 
     async def revalidate(etag: str) -> httpx.Response:
@@ -210,7 +204,7 @@ async def test_the_list_etag_follows_every_change_of_that_users_tasks_only(
     assert (unchanged.status_code, unchanged.content, unchanged.headers["ETag"]) == (304, b"", etag)
 
     # Bob's writes are not alice's list: her ETag stays.
-    bobs = await client.post("/api/bob/tasks", headers=bob, json={"title": "b"})
+    bobs = await create_task(client, bob, title="b")
     await client.patch(f"{bobs.headers['Location']}/complete", headers=bob)
     await client.delete(bobs.headers["Location"], headers=bob)
     assert (await revalidate(etag)).status_code == 304
@@ -234,9 +228,9 @@ async def test_the_list_etag_follows_every_change_of_that_users_tasks_only(
 async def test_a_page_etag_changes_when_a_next_page_appears(
     client: httpx.AsyncClient, alice: Headers
 ) -> None:
-    await _create(client, alice)
+    await create_task(client, alice)
     page = await client.get(f"{TASKS}?limit=1", headers=alice)
-    await _create(client, alice)  # the first page's body is the same; its Link is new
+    await create_task(client, alice)  # the first page's body is the same; its Link is new
     again = await client.get(
         f"{TASKS}?limit=1", headers=alice | {"If-None-Match": page.headers["ETag"]}
     )
@@ -247,7 +241,7 @@ async def test_a_page_etag_changes_when_a_next_page_appears(
 async def test_two_tabs_editing_one_task_exactly_one_wins(
     client: httpx.AsyncClient, db: Database, alice: Headers
 ) -> None:
-    created = await _create(client, alice)
+    created = await create_task(client, alice)
     url, etag = created.headers["Location"], created.headers["ETag"]
     tabs = [
         client.put(url, headers=alice | {"If-Match": etag}, json={"title": f"tab {n}"})
@@ -267,7 +261,7 @@ async def test_if_none_match_naming_the_current_task_refuses_a_write_with_412(
 ) -> None:
     """RFC 9110 13.1.2: for methods other than GET and HEAD, a false If-None-Match is a 412 and
     the method is not performed (`*`: the task exists; a tag: weak comparison)."""
-    created = await _create(client, alice)
+    created = await create_task(client, alice)
     header = if_none_match.format(etag=created.headers["ETag"])
     before = await db.fetch("SELECT title, completed, version FROM tasks")
     response = await client.request(
@@ -282,7 +276,7 @@ async def test_if_none_match_naming_the_current_task_refuses_a_write_with_412(
 async def test_if_none_match_naming_another_version_lets_the_write_happen(
     client: httpx.AsyncClient, alice: Headers, method: str
 ) -> None:
-    created = await _create(client, alice)
+    created = await create_task(client, alice)
     task_id = created.json()["id"]
     stale = f'"{task_id}.7", "{task_id + 1}.1"'  # another version, another task's tag
     response = await client.request(
@@ -295,7 +289,7 @@ async def test_if_none_match_naming_another_version_lets_the_write_happen(
 async def test_if_none_match_star_on_a_missing_or_foreign_task_is_404(
     client: httpx.AsyncClient, alice: Headers, bob: Headers, method: str
 ) -> None:
-    bobs = (await client.post("/api/bob/tasks", headers=bob, json={"title": "b"})).json()["id"]
+    bobs = (await create_task(client, bob, title="b")).json()["id"]
     for task_id in (bobs, bobs + 1000):
         response = await client.request(
             **_write(method, f"{TASKS}/{task_id}"), headers=alice | {"If-None-Match": "*"}
@@ -308,7 +302,7 @@ async def test_empty_list_elements_are_ignored(
     client: httpx.AsyncClient, alice: Headers, layout: str
 ) -> None:
     """RFC 9110 5.6.1.2: a recipient accepts and ignores empty list elements."""
-    created = await _create(client, alice)
+    created = await create_task(client, alice)
     url, etag = created.headers["Location"], created.headers["ETag"]
     header = layout.format(etag=etag)
     read = await client.get(url, headers=alice | {"If-None-Match": header})

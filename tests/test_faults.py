@@ -26,6 +26,7 @@ from tests.conftest import (
     Database,
     Headers,
     bearer,
+    create_task,
     run_alembic,
     with_query,
 )
@@ -166,7 +167,7 @@ async def test_a_write_behind_a_lock_timeout_is_503_busy_and_changes_nothing(
     """An operator's transaction holds the task row past the database's own lock_timeout (set
     on the role or database in production; in the URL here): the database is busy, not broken."""
     client = await make_client(database_url=with_query(direct_database_url, lock_timeout="200"))
-    location = (await client.post(TASKS, headers=alice, json={"title": "t"})).headers["Location"]
+    location = (await create_task(client, alice)).headers["Location"]
     holder = await asyncpg.connect(db.url)
     try:
         async with holder.transaction():

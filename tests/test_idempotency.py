@@ -12,7 +12,7 @@ import pytest
 
 from backend.idempotency import fingerprint
 from backend.models import CreateTask
-from tests.conftest import ClientFactory, Database, Headers
+from tests.conftest import ClientFactory, Database, Headers, create_task
 
 TASKS = "/api/alice/tasks"
 
@@ -49,7 +49,7 @@ async def test_a_retried_create_creates_once_and_gets_the_same_response(
 async def test_a_retried_toggle_flips_once(
     client: httpx.AsyncClient, db: Database, alice: Headers
 ) -> None:
-    url = (await client.post(TASKS, headers=alice, json={"title": "t"})).headers["Location"]
+    url = (await create_task(client, alice)).headers["Location"]
     headers = _keyed(alice, "toggle-1")
     first = await client.patch(f"{url}/complete", headers=headers)
     assert first.json()["completed"] is True
@@ -91,10 +91,7 @@ async def test_a_key_reused_for_another_request_is_422_and_writes_nothing(
 async def test_a_key_reused_for_another_task_is_422(
     client: httpx.AsyncClient, db: Database, alice: Headers
 ) -> None:
-    one, two = [
-        (await client.post(TASKS, headers=alice, json={"title": t})).headers["Location"]
-        for t in "ab"
-    ]
+    one, two = [(await create_task(client, alice, title=t)).headers["Location"] for t in "ab"]
     headers = _keyed(alice, "toggle")
     assert (await client.patch(f"{one}/complete", headers=headers)).status_code == 200
     reused = await client.patch(f"{two}/complete", headers=headers)
@@ -128,7 +125,7 @@ async def test_keys_belong_to_their_user(
 async def test_concurrent_requests_with_one_key_write_once(
     client: httpx.AsyncClient, db: Database, alice: Headers, endpoint: str
 ) -> None:
-    url = (await client.post(TASKS, headers=alice, json={"title": "t"})).headers["Location"]
+    url = (await create_task(client, alice)).headers["Location"]
     headers = _keyed(alice, f"concurrent-{endpoint}")
 
     def send() -> Any:
@@ -190,7 +187,7 @@ async def test_a_failed_write_keeps_no_key(
 async def test_requests_without_a_key_and_idempotent_methods_store_nothing(
     client: httpx.AsyncClient, db: Database, alice: Headers
 ) -> None:
-    url = (await client.post(TASKS, headers=alice, json={"title": "t"})).headers["Location"]
+    url = (await create_task(client, alice)).headers["Location"]
     await client.patch(f"{url}/complete", headers=alice)
     # PUT and DELETE are idempotent by themselves: a key there is accepted and not needed.
     assert (await client.put(url, headers=_keyed(alice, "p"), json={"title": "u"})).is_success
@@ -280,7 +277,7 @@ async def test_a_keyed_write_waits_for_a_lock_past_the_key_wait_like_any_write(
 ) -> None:
     """The key's wait bound (0.3 s here) is for the claim alone, not for the write after it."""
     client = await make_client(idempotency_wait_seconds=0.3)
-    location = (await client.post(TASKS, headers=alice, json={"title": "t"})).headers["Location"]
+    location = (await create_task(client, alice)).headers["Location"]
     lock, write = _LOCKS[held]
     holder = await asyncpg.connect(db.url)
     try:
@@ -305,7 +302,7 @@ async def test_a_keyed_write_waits_for_a_lock_past_the_key_wait_like_any_write(
 async def test_the_key_judges_the_task_as_routed_not_the_path_as_spelled(
     client: httpx.AsyncClient, db: Database, alice: Headers
 ) -> None:
-    task_id = (await client.post(TASKS, headers=alice, json={"title": "t"})).json()["id"]
+    task_id = (await create_task(client, alice)).json()["id"]
     headers = _keyed(alice, "toggle")
     first = await client.patch(f"{TASKS}/{task_id}/complete", headers=headers)
     again = await client.patch(f"{TASKS}/0{task_id}/complete", headers=headers)  # task 5 = 05

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import Headers, bearer
+from tests.conftest import Headers, bearer, create_task
 
 SECRET_TASK = {"title": "a secret", "description": "only its owner may see this"}
 
@@ -32,9 +32,7 @@ def intruder(owner_and_intruder: tuple[str, str]) -> str:
 
 @pytest.fixture
 async def owner_task(client: httpx.AsyncClient, owner: str) -> dict[str, object]:
-    response = await client.post(f"/api/{owner}/tasks", headers=bearer(owner), json=SECRET_TASK)
-    assert response.status_code == 201
-    task: dict[str, object] = response.json()
+    task: dict[str, object] = (await create_task(client, bearer(owner), **SECRET_TASK)).json()
     return task
 
 

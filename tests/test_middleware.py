@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import ClientFactory, Headers
+from tests.conftest import ClientFactory, Headers, create_task
 
 TASKS = "/api/alice/tasks"
 
@@ -16,7 +16,7 @@ async def test_head_is_get_without_the_body(
     client: httpx.AsyncClient, alice: Headers, path: str
 ) -> None:
     """RFC 9110 9.1: a server supports GET and HEAD. Load balancers and uptime checks send HEAD."""
-    task_id = (await client.post(TASKS, headers=alice, json={"title": "t"})).json()["id"]
+    task_id = (await create_task(client, alice)).json()["id"]
     url = path.format(id=task_id)
     got = await client.get(url, headers=alice)
     head = await client.head(url, headers=alice)
@@ -29,7 +29,7 @@ async def test_head_is_get_without_the_body(
 async def test_head_keeps_the_get_status_and_conditions(
     client: httpx.AsyncClient, alice: Headers, bob: Headers
 ) -> None:
-    created = await client.post(TASKS, headers=alice, json={"title": "t"})
+    created = await create_task(client, alice)
     url, etag = created.headers["Location"], created.headers["ETag"]
     assert (await client.head(url, headers=alice | {"If-None-Match": etag})).status_code == 304
     missing = await client.head(f"{TASKS}/999999", headers=alice)

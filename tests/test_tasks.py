@@ -10,16 +10,9 @@ import httpx
 import pytest
 
 from backend.routes.tasks import MAX_PAGE_BYTES
-from tests.conftest import Database, Headers, bearer
+from tests.conftest import Database, Headers, bearer, create_task
 
 UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
-
-
-async def _create(client: httpx.AsyncClient, headers: Headers, **body: object) -> dict[str, object]:
-    response = await client.post("/api/alice/tasks", headers=headers, json=body)
-    assert response.status_code == 201, response.text
-    task: dict[str, object] = response.json()
-    return task
 
 
 async def test_create_returns_the_task_and_its_location(
@@ -51,14 +44,14 @@ async def test_first_write_provisions_the_user_from_the_token(
 ) -> None:
     await client.get("/api/alice/tasks", headers=alice)  # reads never provision
     before = await db.fetch("SELECT id FROM users")
-    await _create(client, alice, title="first")
-    await _create(client, alice, title="second")
+    await create_task(client, alice, title="first")
+    await create_task(client, alice, title="second")
     assert before == []
     assert await db.fetch("SELECT id, email FROM users") == [("alice", "alice@example.com")]
 
 
 async def test_read_update_toggle_delete(client: httpx.AsyncClient, alice: Headers) -> None:
-    task = await _create(client, alice, title="write tests", description="first kind")
+    task = (await create_task(client, alice, title="write tests", description="first kind")).json()
     url = f"/api/alice/tasks/{task['id']}"
 
     updated = await client.put(url, headers=alice, json={"title": "write more tests"})
@@ -93,7 +86,7 @@ async def test_read_update_toggle_delete(client: httpx.AsyncClient, alice: Heade
 async def test_list_is_ordered_and_filters_by_completion(
     client: httpx.AsyncClient, alice: Headers
 ) -> None:
-    created = [await _create(client, alice, title=f"t{i}") for i in range(5)]
+    created = [(await create_task(client, alice, title=f"t{i}")).json() for i in range(5)]
     for task in created[1::2]:
         await client.patch(f"/api/alice/tasks/{task['id']}/complete", headers=alice)
 
@@ -122,7 +115,7 @@ async def _pages(client: httpx.AsyncClient, url: str, headers: Headers) -> list[
 async def test_list_pages_with_limit_after_id_and_link(
     client: httpx.AsyncClient, alice: Headers
 ) -> None:
-    ids = [(await _create(client, alice, title=f"t{i}"))["id"] for i in range(5)]
+    ids = [(await create_task(client, alice, title=f"t{i}")).json()["id"] for i in range(5)]
 
     pages = await _pages(client, "/api/alice/tasks?limit=2", alice)
     assert [task["id"] for page in pages for task in page.json()] == ids
@@ -135,14 +128,14 @@ async def test_list_pages_with_limit_after_id_and_link(
 
 async def test_link_keeps_the_filter(client: httpx.AsyncClient, alice: Headers) -> None:
     for i in range(3):
-        await _create(client, alice, title=f"t{i}")
+        await create_task(client, alice, title=f"t{i}")
     response = await client.get("/api/alice/tasks?completed=false&limit=1", headers=alice)
     assert "completed=false" in response.headers["Link"]
     assert "limit=1" in response.headers["Link"]
 
 
 async def test_timestamps_are_utc_z_everywhere(client: httpx.AsyncClient, alice: Headers) -> None:
-    task = await _create(client, alice, title="t")
+    task = (await create_task(client, alice, title="t")).json()
     url = f"/api/alice/tasks/{task['id']}"
     bodies = [
         task,
@@ -225,7 +218,7 @@ async def test_a_page_stops_at_its_byte_budget_and_link_yields_every_task_once(
     """1,000 long tasks would be a 13 MB page; a page ends before 512 KiB of JSON instead, and
     following Link still yields every task exactly once. Rows written before control
     characters were refused (by SQL here) count at their escaped size."""
-    await client.post("/api/alice/tasks", headers=alice, json={"title": "first"})  # the user row
+    await create_task(client, alice, title="first")  # the user row
     await db.execute(
         "INSERT INTO tasks (user_id, title, description) SELECT 'alice', 't' || g,"
         " CASE WHEN g % 2 = 0 THEN repeat(chr(1), 2000) ELSE repeat('\\', 2000) END"

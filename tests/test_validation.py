@@ -7,15 +7,14 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.conftest import DATABASE_DOWN, ClientFactory, Database, Headers
+from tests.conftest import DATABASE_DOWN, ClientFactory, Database, Headers, create_task
 
 MAX = 2**63 - 1
 
 
 @pytest.fixture
 async def existing(client: httpx.AsyncClient, alice: Headers) -> dict[str, object]:
-    response = await client.post("/api/alice/tasks", headers=alice, json={"title": "keep me"})
-    task: dict[str, object] = response.json()
+    task: dict[str, object] = (await create_task(client, alice, title="keep me")).json()
     return task
 
 
