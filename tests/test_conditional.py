@@ -24,6 +24,9 @@ def _write(method: str, url: str) -> dict[str, Any]:
 
 
 WRITES = ["PUT", "PATCH", "DELETE"]
+# A new task's row (title "t") after each write: (title, completed, version), or none.
+ROWS_AFTER = {"PUT": [("renamed", False, 2)], "PATCH": [("t", True, 2)], "DELETE": []}
+ROW = "SELECT title, completed, version FROM tasks"
 
 
 async def test_every_task_response_carries_a_strong_etag_that_changes_with_the_task(
@@ -53,12 +56,15 @@ async def test_every_task_response_carries_a_strong_etag_that_changes_with_the_t
 
 @pytest.mark.parametrize("method", WRITES)
 async def test_if_match_with_the_current_etag_writes(
-    client: httpx.AsyncClient, alice: Headers, method: str
+    client: httpx.AsyncClient, db: Database, alice: Headers, method: str
 ) -> None:
     created = await create_task(client, alice)
     headers = alice | {"If-Match": created.headers["ETag"]}
     response = await client.request(**_write(method, created.headers["Location"]), headers=headers)
     assert response.status_code == (204 if method == "DELETE" else 200), response.text
+    if method != "DELETE":
+        assert response.headers["ETag"] == f'"{created.json()["id"]}.2"'
+    assert await db.fetch(ROW) == ROWS_AFTER[method]
 
 
 @pytest.mark.parametrize("method", WRITES)
@@ -67,7 +73,8 @@ async def test_if_match_with_a_stale_etag_is_412_and_changes_nothing(
 ) -> None:
     created = await create_task(client, alice)
     url, stale = created.headers["Location"], created.headers["ETag"]
-    assert (await client.put(url, headers=alice, json={"title": "edited elsewhere"})).is_success
+    edited = await client.put(url, headers=alice, json={"title": "edited elsewhere"})
+    assert edited.status_code == 200
     before = await db.fetch("SELECT title, completed, version FROM tasks")
 
     response = await client.request(**_write(method, url), headers=alice | {"If-Match": stale})
@@ -88,7 +95,7 @@ async def test_if_match_with_a_stale_etag_is_412_and_changes_nothing(
     ],
 )
 async def test_if_match_compares_strongly_and_per_task(
-    client: httpx.AsyncClient, alice: Headers, if_match: str
+    client: httpx.AsyncClient, db: Database, alice: Headers, if_match: str
 ) -> None:
     task_id = (await create_task(client, alice)).json()["id"]
     other = (await create_task(client, alice)).json()["id"]
@@ -96,17 +103,21 @@ async def test_if_match_compares_strongly_and_per_task(
     response = await client.put(
         f"{TASKS}/{task_id}", headers=alice | {"If-Match": header}, json={"title": "x"}
     )
-    assert response.status_code == 412, header
+    assert (response.status_code, response.json()["code"]) == (412, "precondition_failed"), header
+    assert await db.fetch(ROW) == [("t", False, 1)] * 2
 
 
-async def test_if_match_any_of_a_list_and_star(client: httpx.AsyncClient, alice: Headers) -> None:
+async def test_if_match_any_of_a_list_and_star(
+    client: httpx.AsyncClient, db: Database, alice: Headers
+) -> None:
     created = await create_task(client, alice)
     url, etag = created.headers["Location"], created.headers["ETag"]
     listed = alice | {"If-Match": f'"0.1", W/{etag}, {etag}'}
     renamed = await client.put(url, headers=listed, json={"title": "a"})
-    assert renamed.status_code == 200
+    assert (renamed.status_code, renamed.json()["title"]) == (200, "a")
     star = await client.put(url, headers=alice | {"If-Match": "*"}, json={"title": "b"})
-    assert star.status_code == 200
+    assert (star.status_code, star.json()["title"]) == (200, "b")
+    assert await db.fetch(ROW) == [("b", False, 3)]
 
 
 @pytest.mark.parametrize("method", WRITES)
@@ -210,13 +221,13 @@ async def test_the_list_etag_follows_every_change_of_that_users_tasks_only(
     assert (await revalidate(etag)).status_code == 304
 
     seen = {etag}
-    for change in (
-        client.post(TASKS, headers=alice, json={"title": "second"}),
-        client.put(url, headers=alice, json={"title": "renamed"}),
-        client.patch(f"{url}/complete", headers=alice),
-        client.delete(url, headers=alice),
+    for change, status in (
+        (client.post(TASKS, headers=alice, json={"title": "second"}), 201),
+        (client.put(url, headers=alice, json={"title": "renamed"}), 200),
+        (client.patch(f"{url}/complete", headers=alice), 200),
+        (client.delete(url, headers=alice), 204),
     ):
-        assert (await change).is_success
+        assert (await change).status_code == status
         response = await revalidate(etag)
         assert response.status_code == 200, "a change of alice's tasks kept her list's ETag"
         etag = response.headers["ETag"]
@@ -230,11 +241,14 @@ async def test_a_page_etag_changes_when_a_next_page_appears(
 ) -> None:
     await create_task(client, alice)
     page = await client.get(f"{TASKS}?limit=1", headers=alice)
-    await create_task(client, alice)  # the first page's body is the same; its Link is new
+    assert "Link" not in page.headers
+    await create_task(client, alice)
     again = await client.get(
         f"{TASKS}?limit=1", headers=alice | {"If-None-Match": page.headers["ETag"]}
     )
     assert again.status_code == 200
+    assert again.json() == page.json()  # the same body...
+    assert again.headers["ETag"] != page.headers["ETag"]  # ... and a new tag, for its new Link
     assert "Link" in again.headers
 
 
@@ -263,18 +277,17 @@ async def test_if_none_match_naming_the_current_task_refuses_a_write_with_412(
     the method is not performed (`*`: the task exists; a tag: weak comparison)."""
     created = await create_task(client, alice)
     header = if_none_match.format(etag=created.headers["ETag"])
-    before = await db.fetch("SELECT title, completed, version FROM tasks")
     response = await client.request(
         **_write(method, created.headers["Location"]), headers=alice | {"If-None-Match": header}
     )
     assert response.status_code == 412, header
     assert response.json()["code"] == "precondition_failed"
-    assert await db.fetch("SELECT title, completed, version FROM tasks") == before
+    assert await db.fetch(ROW) == [("t", False, 1)]
 
 
 @pytest.mark.parametrize("method", WRITES)
 async def test_if_none_match_naming_another_version_lets_the_write_happen(
-    client: httpx.AsyncClient, alice: Headers, method: str
+    client: httpx.AsyncClient, db: Database, alice: Headers, method: str
 ) -> None:
     created = await create_task(client, alice)
     task_id = created.json()["id"]
@@ -282,7 +295,8 @@ async def test_if_none_match_naming_another_version_lets_the_write_happen(
     response = await client.request(
         **_write(method, created.headers["Location"]), headers=alice | {"If-None-Match": stale}
     )
-    assert response.status_code == (204 if method == "DELETE" else 200)
+    assert response.status_code == (204 if method == "DELETE" else 200), response.text
+    assert await db.fetch(ROW) == ROWS_AFTER[method]
 
 
 @pytest.mark.parametrize("method", WRITES)
@@ -306,6 +320,6 @@ async def test_empty_list_elements_are_ignored(
     url, etag = created.headers["Location"], created.headers["ETag"]
     header = layout.format(etag=etag)
     read = await client.get(url, headers=alice | {"If-None-Match": header})
-    assert read.status_code == 304, header
+    assert (read.status_code, read.content, read.headers["ETag"]) == (304, b"", etag), header
     renamed = await client.put(url, headers=alice | {"If-Match": header}, json={"title": "x"})
-    assert renamed.status_code == 200, header
+    assert (renamed.status_code, renamed.json()["title"]) == (200, "x"), header

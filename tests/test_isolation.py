@@ -104,21 +104,31 @@ async def test_owners_data_is_unchanged_after_the_intruders_attempts(
     assert listing.json() == [owner_task]
 
 
+async def _done_task(client: httpx.AsyncClient, user: str) -> dict[str, object]:
+    url = (await create_task(client, bearer(user), title="done")).headers["Location"]
+    done = await client.patch(f"{url}/complete", headers=bearer(user))
+    assert done.status_code == 200
+    task: dict[str, object] = done.json()
+    return task
+
+
 async def test_lists_hold_only_the_callers_tasks(
     client: httpx.AsyncClient, owner_task: dict[str, object], owner: str, intruder: str
 ) -> None:
-    theirs = await client.post(
-        f"/api/{intruder}/tasks", headers=bearer(intruder), json={"title": "t"}
-    )
-    intruder_list = (await client.get(f"/api/{intruder}/tasks", headers=bearer(intruder))).json()
-    owner_list = (await client.get(f"/api/{owner}/tasks", headers=bearer(owner))).json()
-    assert intruder_list == [theirs.json()]
-    assert owner_list == [owner_task]
-    for completed in ("true", "false"):
-        filtered = await client.get(
-            f"/api/{intruder}/tasks?completed={completed}", headers=bearer(intruder)
-        )
-        assert all(task["user_id"] == intruder for task in filtered.json())
+    # Both have an open and a done task: every filter has one of the owner's to leak.
+    owner_done = await _done_task(client, owner)
+    theirs = (await create_task(client, bearer(intruder), title="open")).json()
+    theirs_done = await _done_task(client, intruder)
+
+    async def listing(user: str, query: str = "") -> object:
+        response = await client.get(f"/api/{user}/tasks{query}", headers=bearer(user))
+        assert response.status_code == 200
+        return response.json()
+
+    assert await listing(intruder) == [theirs, theirs_done]
+    assert await listing(owner) == [owner_task, owner_done]
+    assert await listing(intruder, "?completed=false") == [theirs]
+    assert await listing(intruder, "?completed=true") == [theirs_done]
 
 
 async def test_paging_cursor_cannot_reach_other_users(
@@ -132,12 +142,19 @@ async def test_paging_cursor_cannot_reach_other_users(
 
 
 @pytest.mark.parametrize(
-    "path_user",
-    ["alice%2F..%2Fbob", "..", "bob%00", "BOB", "bob ", "%20bob", "bob%2F"],
+    ("path_user", "status", "code"),
+    [
+        ("alice%2F..%2Fbob", 404, "not_found"),  # decoded, %2F is a slash: no route has three
+        ("..", 404, "not_found"),  # clients resolve dot segments: this is GET /tasks
+        ("bob%00", 403, "forbidden"),
+        ("BOB", 403, "forbidden"),
+        ("bob ", 403, "forbidden"),
+        ("%20bob", 403, "forbidden"),
+        ("bob%2F", 404, "not_found"),
+    ],
 )
 async def test_lookalike_path_users_are_not_the_caller(
-    client: httpx.AsyncClient, bob: Headers, path_user: str
+    client: httpx.AsyncClient, bob: Headers, path_user: str, status: int, code: str
 ) -> None:
     response = await client.get(f"/api/{path_user}/tasks", headers=bob)
-    assert response.status_code in {403, 404}
-    assert response.status_code != 200
+    assert (response.status_code, response.json()["code"]) == (status, code)
