@@ -1,5 +1,6 @@
 """Loaded beside bench/ by tests/test_bench_isolation.py (`locust -f bench/,<this file>`): the
-run ends at the first violation bench/locustfile.py reports, instead of running out its time.
+run ends at the first violation bench/locustfile.py reports (of the kind STOP_AT_VIOLATION
+names, when set: a planted bug may trip other checks first), instead of running out its time.
 
 It adds one listener and no users; what bench/ checks and how it sets the exit code stay its own.
 It must not import bench/locustfile.py: a second copy would register bench's listeners twice.
@@ -7,6 +8,7 @@ It must not import bench/locustfile.py: a second copy would register bench's lis
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import gevent
@@ -15,6 +17,7 @@ from locust.env import Environment
 
 # The kinds bench/locustfile.py's report_isolation names its failures by (their request_type).
 VIOLATIONS = frozenset({"ISOLATION", "EXACTLY-ONCE", "LOST-UPDATE"})
+STOP_AT = frozenset(os.environ.get("STOP_AT_VIOLATION", "").split()) or VIOLATIONS
 
 _runs: list[Environment] = []
 
@@ -26,7 +29,7 @@ def _remember(environment: Environment, **_: Any) -> None:
 def _quit_at_a_violation(
     request_type: str = "", exception: BaseException | None = None, **_: Any
 ) -> None:
-    if exception is None or request_type not in VIOLATIONS:
+    if exception is None or request_type not in STOP_AT:
         return
     for environment in _runs:
         if environment.runner is not None:

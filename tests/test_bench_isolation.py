@@ -33,7 +33,8 @@ pytestmark = [
 ]
 
 
-def run_locust(host: str, seconds: int = 6) -> subprocess.CompletedProcess[str]:
+def run_locust(host: str, seconds: int = 6, stop_at: str = "") -> subprocess.CompletedProcess[str]:
+    """Runs bench/ for `seconds`, or to its first violation (of kind `stop_at`, if given)."""
     locustfiles = "bench/,tests/locust_first_violation.py"  # bench's, ended at a violation
     command = [sys.executable, "-m", "locust", "-f", locustfiles, "--headless", "-u", "24"]
     command += ["-r", "24", "-t", f"{seconds}s", "--host", host, "--only-summary"]
@@ -41,7 +42,7 @@ def run_locust(host: str, seconds: int = 6) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603
         command,
         cwd=ROOT,
-        env={**os.environ, "BETTER_AUTH_SECRET": SECRET},
+        env={**os.environ, "BETTER_AUTH_SECRET": SECRET, "STOP_AT_VIOLATION": stop_at},
         capture_output=True,
         text=True,
         timeout=120,
@@ -126,6 +127,6 @@ def test_fails_on_a_planted_bug(
     settings: Settings, plant: Callable[[APIRouter], Any], named: str
 ) -> None:
     with serve(_mutant(settings, plant)) as url:
-        result = run_locust(url)
+        result = run_locust(url, stop_at=named.split(":", 1)[0])
     assert result.returncode != 0
     assert named in result.stdout + result.stderr
