@@ -49,6 +49,21 @@ def jwks_server(_module_jwks_server: JwksServer) -> JwksServer:
 CacheFactory = Callable[..., JwksCache]
 
 
+class Clock:
+    """A clock the test moves by hand: a TTL or a cooldown is over at once, not in real time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
 @pytest.fixture
 async def make_cache(jwks_server: JwksServer) -> AsyncIterator[CacheFactory]:
     """JwksCache(url, ...) on a real HTTP client; background refreshes are ended after the test."""
@@ -56,10 +71,20 @@ async def make_cache(jwks_server: JwksServer) -> AsyncIterator[CacheFactory]:
     async with httpx.AsyncClient(timeout=2) as http:
 
         def make(
-            *, url: str | None = None, ttl: float = 300, cooldown: float = 0, timeout: float = 2
+            *,
+            url: str | None = None,
+            ttl: float = 300,
+            cooldown: float = 0,
+            timeout: float = 2,
+            clock: Callable[[], float] = time.monotonic,
         ) -> JwksCache:
             cache = JwksCache(
-                url or jwks_server.url, http, ttl=ttl, cooldown=cooldown, timeout=timeout
+                url or jwks_server.url,
+                http,
+                ttl=ttl,
+                cooldown=cooldown,
+                timeout=timeout,
+                clock=clock,
             )
             caches.append(cache)
             return cache
@@ -105,16 +130,16 @@ async def test_known_key_costs_no_fetch(jwks_server: JwksServer, make_cache: Cac
 
 
 async def test_stale_keys_are_refetched_once_per_ttl_in_the_background(
-    jwks_server: JwksServer, make_cache: CacheFactory
+    jwks_server: JwksServer, make_cache: CacheFactory, clock: Clock
 ) -> None:
     key = make_key("EdDSA", "k1")
     jwks_server.keys = [key]
     jwks_server.delay = 0.05  # each refresh is in flight while more requests arrive
-    cache = make_cache(ttl=0.2)
+    cache = make_cache(ttl=0.2, clock=clock)
     verifier = _verifier(cache)
     assert await cache.refresh()
     for ttl_period in (1, 2):  # after each TTL: exactly one more fetch, however many requests
-        await asyncio.sleep(0.25)
+        clock.now += 0.25
         for _ in range(20):
             assert (await verifier.verify(key.sign())).id == "ba-user"
             await asyncio.sleep(0.005)
@@ -123,15 +148,15 @@ async def test_stale_keys_are_refetched_once_per_ttl_in_the_background(
 
 
 async def test_a_failing_endpoint_is_retried_at_most_once_per_cooldown(
-    jwks_server: JwksServer, make_cache: CacheFactory
+    jwks_server: JwksServer, make_cache: CacheFactory, clock: Clock
 ) -> None:
     key = make_key("EdDSA", "k1")
     jwks_server.keys = [key]
-    cache = make_cache(ttl=0.01, cooldown=0.5)
+    cache = make_cache(ttl=0.01, cooldown=0.5, clock=clock)
     verifier = _verifier(cache)
     assert await cache.refresh()
     jwks_server.status = 503
-    await asyncio.sleep(0.6)  # stale, and past the cooldown: the next request starts a refresh
+    clock.now += 0.6  # stale, and past the cooldown: the next request starts a refresh
     for _ in range(20):  # known keys keep working; the failed refresh is not retried at once
         assert (await verifier.verify(key.sign())).id == "ba-user"
         await asyncio.sleep(0.01)
@@ -345,11 +370,11 @@ async def test_key_changes_are_logged_and_need_no_verifier(
 
 
 async def test_rotation_old_and_new_valid_during_overlap_then_old_removed(
-    jwks_server: JwksServer, make_cache: CacheFactory
+    jwks_server: JwksServer, make_cache: CacheFactory, clock: Clock
 ) -> None:
     old, new = make_key("EdDSA", "old"), make_key("EdDSA", "new")
     jwks_server.keys = [old]
-    cache = make_cache(ttl=0.2)
+    cache = make_cache(ttl=0.2, clock=clock)
     verifier = _verifier(cache)
     assert (await verifier.verify(old.sign())).id == "ba-user"
 
@@ -361,27 +386,27 @@ async def test_rotation_old_and_new_valid_during_overlap_then_old_removed(
 
     # After the grace period the old key leaves the JWKS; the TTL refresh notices.
     jwks_server.keys = [new]
-    await asyncio.sleep(0.25)
+    clock.now += 0.25
     await verifier.verify(new.sign())  # stale -> background refresh
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # the refresh's real fetch
     assert cache.kids == {"new"}
     with pytest.raises(TokenError, match="unknown key"):
         await verifier.verify(old.sign())
 
 
 async def test_a_withdrawn_key_takes_its_cached_tokens_with_it(
-    jwks_server: JwksServer, make_cache: CacheFactory
+    jwks_server: JwksServer, make_cache: CacheFactory, clock: Clock
 ) -> None:
     old, new = make_key("EdDSA", "old"), make_key("EdDSA", "new")
     jwks_server.keys = [old, new]
-    cache = make_cache(ttl=0.2)
+    cache = make_cache(ttl=0.2, clock=clock)
     verifier = _verifier(cache)
     token = old.sign()
     assert (await verifier.verify(token)).id == "ba-user"  # now in the verified-token cache
 
     # The key is withdrawn; nothing but the same cached token keeps arriving.
     jwks_server.keys = [new]
-    await asyncio.sleep(0.25)
+    clock.now += 0.25
     assert (await verifier.verify(token)).id == "ba-user"  # a cache hit, and the keys are stale
     await asyncio.sleep(0.15)  # ... so that hit started a refresh, which withdrew the key
     assert cache.kids == {"new"}
@@ -434,19 +459,22 @@ async def test_rotated_key_inside_the_cooldown_waits_for_the_next_fetch(
 
 
 async def test_endpoint_down_keeps_known_keys(
-    jwks_server: JwksServer, make_cache: CacheFactory, caplog: pytest.LogCaptureFixture
+    jwks_server: JwksServer,
+    make_cache: CacheFactory,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     key = make_key("RS256", "k1")
     jwks_server.keys = [key]
-    cache = make_cache(ttl=0.05)
+    cache = make_cache(ttl=0.05, clock=clock)
     verifier = _verifier(cache)
     await cache.refresh()
 
     jwks_server.status = 503
-    await asyncio.sleep(0.1)
+    clock.now += 0.1
     with caplog.at_level(logging.WARNING, logger="backend.auth"):
         assert (await verifier.verify(key.sign())).id == "ba-user"  # stale: refresh fails
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # the refresh's real fetch
         with pytest.raises(TokenError):
             await verifier.verify(make_key("RS256", "k2").sign())
         assert (await verifier.verify(key.sign())).id == "ba-user"
