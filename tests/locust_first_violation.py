@@ -15,7 +15,7 @@ import gevent
 from locust import events
 from locust.env import Environment
 
-# The kinds bench/locustfile.py's report_isolation names its failures by (their request_type).
+# The kinds bench/locustfile.py's report_violation names its failures by (their request_type).
 VIOLATIONS = frozenset({"ISOLATION", "EXACTLY-ONCE", "LOST-UPDATE"})
 STOP_AT = frozenset(os.environ.get("STOP_AT_VIOLATION", "").split()) or VIOLATIONS
 
