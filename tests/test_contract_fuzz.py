@@ -1,9 +1,9 @@
 """schemathesis against our own OpenAPI: generated requests (valid and invalid) for every
 operation, on a live server with real tokens. Zero 5xx; every status and body as documented.
 
-`make fuzz` runs the long version (FUZZ_EXAMPLES=1500 per operation). Only the direct pass of
-make test runs it: the statements it reaches are those the other db tests run through
-PgBouncer, and under coverage its examples cost about a minute a pass.
+`make fuzz` runs the long version (FUZZ_EXAMPLES=1500 per operation). make test runs it once,
+direct and outside coverage (the Makefile says why): the statements it reaches are those the
+other db tests run through PgBouncer.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """A model-based test of the whole API: hypothesis drives random sequences of calls by three
 users against a live server, and every response is checked against a plain in-memory model.
 
-`make fuzz` runs it longer (STATEFUL_EXAMPLES). Only the direct pass of make test runs it: the
-statements it reaches are those the other db tests run through PgBouncer, and under coverage
-its examples cost half a minute a pass.
+`make fuzz` runs it longer (STATEFUL_EXAMPLES). make test runs it once, direct and outside
+coverage (the Makefile says why): the statements it reaches are those the other db tests run
+through PgBouncer.
 """
 
 from __future__ import annotations
