@@ -4,6 +4,7 @@ After SIGTERM, /readyz is 503 `draining` at once while everything else is served
 with `Connection: close`); when the drain ends the listener closes, a request in flight still
 gets its answer, and the process exits 0. A second signal ends the drain at once; with
 `--workers 2` every worker drains. (Behind a real HAProxy: tests/test_rolling_restart.py.)
+The database is reached directly: the drain does not depend on its route, so it runs once.
 """
 
 from __future__ import annotations
@@ -52,10 +53,10 @@ def _closed(url: str) -> bool:
 
 
 async def test_sigterm_drains_then_stops_and_finishes_what_is_in_flight(
-    database_url: str, db: Database, tmp_path: Path
+    direct_database_url: str, db: Database, tmp_path: Path
 ) -> None:
     alice = bearer("alice")
-    async with _serving(database_url, tmp_path, DRAIN_SECONDS) as (url, server):
+    async with _serving(direct_database_url, tmp_path, DRAIN_SECONDS) as (url, server):
         async with httpx.AsyncClient(base_url=url, headers=alice) as client:
             assert (await client.post("/api/alice/tasks", json={"title": "before"})).is_success
             assert (await client.get("/readyz")).status_code == 200
@@ -90,8 +91,10 @@ async def test_sigterm_drains_then_stops_and_finishes_what_is_in_flight(
     assert DRAIN_SECONDS <= closed_after < DRAIN_SECONDS + 2
 
 
-async def test_a_second_signal_ends_the_drain_at_once(database_url: str, tmp_path: Path) -> None:
-    async with _serving(database_url, tmp_path, 60) as (url, server):
+async def test_a_second_signal_ends_the_drain_at_once(
+    direct_database_url: str, tmp_path: Path
+) -> None:
+    async with _serving(direct_database_url, tmp_path, 60) as (url, server):
         server.send_signal(signal.SIGTERM)
         async with httpx.AsyncClient(base_url=url) as client:
             assert (await client.get("/readyz")).status_code == 503
@@ -101,8 +104,10 @@ async def test_a_second_signal_ends_the_drain_at_once(database_url: str, tmp_pat
         assert time.monotonic() - started < 5  # not the 60 s drain
 
 
-async def test_every_worker_drains(database_url: str, tmp_path: Path) -> None:
-    serving = _serving(database_url, tmp_path, DRAIN_SECONDS, "--workers", "2", LOG_LEVEL="INFO")
+async def test_every_worker_drains(direct_database_url: str, tmp_path: Path) -> None:
+    serving = _serving(
+        direct_database_url, tmp_path, DRAIN_SECONDS, "--workers", "2", LOG_LEVEL="INFO"
+    )
     async with serving as (url, supervisor):
         log = tmp_path / "server.log"
         deadline = time.monotonic() + 60
