@@ -80,7 +80,8 @@ def free_port() -> int:
 
 
 UVICORN_CLI = ("-m", "uvicorn", "backend.main:create_app", "--factory")
-SERVE_CLI = ("-m", "backend", "serve")  # the production command: uvicorn's CLI, draining
+# The production command (README, Deploy): uvicorn's CLI, draining, refusing from the parser.
+SERVE_CLI = ("-m", "backend", "serve", "--http", "backend.admission:AdmissionHttpToolsProtocol")
 
 
 @asynccontextmanager
@@ -311,6 +312,9 @@ def settings(database_url: str) -> Settings:
         database_url=database_url,
         better_auth_secret=SECRET,
         db_statement_cache=False if VIA_PGBOUNCER else None,
+        # The suite's bursts (100 creates at once, through PgBouncer, under coverage) are not
+        # overload: admission queues them rather than shedding; test_admission sets its own.
+        admission_max_wait_seconds=10,
     )
 
 
@@ -411,9 +415,11 @@ def live_server(settings: Settings) -> Iterator[str]:
 
 
 @contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run `app` under uvicorn on a free loopback port in a thread; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+def serve(app: FastAPI, **options: Any) -> Iterator[str]:
+    """Run `app` under uvicorn on a free loopback port in a thread; yields its base URL.
+    `options` go to uvicorn.Config (`http=`, say)."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", **options)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="live-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
