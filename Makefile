@@ -57,7 +57,8 @@ run: migrate serve ## install what runs, migrate, and serve on http://$(HOST):$(
 DRAIN_SECONDS ?= 0
 serve: $(RUNTIME) .env
 	DRAIN_SECONDS=$(DRAIN_SECONDS) $(BIN)/python -m backend serve --host $(HOST) --port $(PORT) \
-		--workers $(WORKERS) --no-access-log --timeout-graceful-shutdown 15
+		--workers $(WORKERS) --no-access-log --timeout-graceful-shutdown 15 \
+		--http backend.admission:AdmissionHttpToolsProtocol --backlog 4096
 
 # USER is also the login name in the environment: only a USER given on the command line counts.
 token: $(RUNTIME) .env ## print a dev token: make token USER=<id>

@@ -160,6 +160,11 @@ class Settings(DatabaseSettings):
     # After SIGTERM, how long `python -m backend serve` keeps serving with /readyz at 503, so
     # that load balancers stop sending before the listener closes; 0 = stop at once.
     drain_seconds: float = Field(default=10.0, ge=0, le=3600)
+    # Admission control (backend/admission.py): unset = 6 x DB_POOL_SIZE in flight; 0 = off.
+    admission_max_concurrency: int | None = Field(default=None, ge=0)
+    admission_max_queue: int = Field(default=512, ge=0)
+    admission_max_wait_seconds: float = Field(default=0.1, gt=0, le=60)
+    admission_retry_after_seconds: int = Field(default=1, ge=1, le=3600)
 
     _split_lists = field_validator("jwt_algorithms", "cors_origins", mode="before")(_split_commas)
 

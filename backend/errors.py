@@ -258,6 +258,22 @@ class Draining(ApiError):
         )
 
 
+class Overloaded(ApiError):
+    status_code = 503
+    code = "overloaded"
+    when = (
+        "More requests than this instance can serve in time (backend/admission.py): refused "
+        "before any work, so nothing was changed."
+    )
+    headers_sent = ("Retry-After",)
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__(
+            "The server is at capacity; retry after `Retry-After` seconds.",
+            {"Retry-After": str(retry_after_seconds)},
+        )
+
+
 class DatabaseBusy(DatabaseUnavailable):
     code = "database_busy"
     when = "A lock or statement timeout: nothing was changed."

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.middleware import Middleware
 
+from backend.admission import Admission, AdmissionLimits, AdmissionMiddleware
 from backend.auth import TokenVerifier
 from backend.config import Settings, get_settings
 from backend.db import Database, EmbeddedPostgres, embedded_data_dir
@@ -109,20 +110,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from backend.metrics import Metrics, Workers
 
         metrics = Metrics(Workers.of_this_process(settings.prometheus_multiproc_dir))
+    limits = AdmissionLimits.from_settings(settings)
+    admission = Admission(limits) if limits is not None else None
     app = FastAPI(
         title="Todo API",
         version="0.1.0",
         summary="Per-user tasks for a Better Auth web client.",
         lifespan=_lifespan,
-        middleware=_middleware(settings, metrics),  # outermost first
+        middleware=_middleware(settings, metrics, admission),  # outermost first
         generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.admission = admission  # the parser door (AdmissionHttpToolsProtocol) finds it here
     per_minute = settings.rate_limit_per_minute
     limiter = RateLimiter(per_minute, settings.rate_limit_storage_url) if per_minute else None
     if limiter is not None and metrics is not None:
         limiter.on_unchecked = metrics.rate_limit_storage_errors.inc
+    if admission is not None and metrics is not None:  # both doors' refusals, counted once
+        admission.on_refused = metrics.requests_shed.inc
     app.state.rate_limiter = limiter
     app.include_router(tasks.router)
     app.include_router(health.router)
@@ -134,7 +140,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _middleware(settings: Settings, metrics: Metrics | None) -> list[Middleware]:
+def _middleware(
+    settings: Settings, metrics: Metrics | None, admission: Admission | None
+) -> list[Middleware]:
     """The plain ASGI layers, outermost first; a feature that is off adds no layer."""
     layers = [Middleware(RequestIdMiddleware)]  # every response carries the id
     if metrics is not None:
@@ -144,6 +152,8 @@ def _middleware(settings: Settings, metrics: Metrics | None) -> list[Middleware]
         layers.append(Middleware(MetricsMiddleware, metrics=metrics, token=token))
     if settings.cors_origins:
         layers.append(Middleware(CorsMiddleware, allow_origins=settings.cors_origins))
+    if admission is not None:  # inside metrics (which count its refusals) and CORS (it labels them)
+        layers.append(Middleware(AdmissionMiddleware, admission=admission))
     layers += [
         Middleware(ErrorBoundaryMiddleware),  # inside CORS: a browser can read a 500 too
         Middleware(RequestLimitsMiddleware),

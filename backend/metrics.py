@@ -156,8 +156,8 @@ class Workers:
 
 
 class Metrics:
-    """Request counts and latency by route template, the database pool's use, and the requests
-    the rate limit served unchecked because its storage failed.
+    """Request counts and latency by route template, the database pool's use, the requests
+    shed past capacity, and those the rate limit served unchecked because its storage failed.
 
     Each app has its own registry (tests build many apps in one process); in multiprocess mode
     a scrape collects every worker's files instead.
@@ -198,6 +198,11 @@ class Metrics:
         self.rate_limit_storage_errors = Counter(
             "rate_limit_storage_errors",
             "Requests served without the rate limit because its storage failed (fail open).",
+            registry=self.registry,
+        )
+        self.requests_shed = Counter(
+            "http_requests_shed",
+            "Requests refused by admission control (503 overloaded), before any work.",
             registry=self.registry,
         )
         # labels() validates and locks on every call: each label set's child is looked up once.

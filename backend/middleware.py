@@ -26,6 +26,12 @@ HEADER = "X-Request-ID"
 _ACCEPTABLE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+def request_id_for(incoming: bytes) -> str:
+    """The client's `X-Request-ID` when it is sane, else a new one."""
+    value = incoming.decode("latin-1")
+    return value if _ACCEPTABLE.fullmatch(value) else uuid.uuid4().hex
+
+
 class RequestIdMiddleware:
     """Takes `X-Request-ID` when it is sane, makes one up otherwise, echoes it on the response."""
 
@@ -36,10 +42,8 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = next(
-            (value for name, value in scope["headers"] if name == b"x-request-id"), b""
-        ).decode("latin-1")
-        request_id = incoming if _ACCEPTABLE.fullmatch(incoming) else uuid.uuid4().hex
+        incoming = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"")
+        request_id = request_id_for(incoming)
         logs.request_id.set(request_id)
 
         async def send_with_id(message: Message) -> None:

@@ -1,5 +1,8 @@
 """`make bench`: the API side by side with a raw Starlette + asyncpg ceiling, in one run.
 
+Closed loops (wrk) here; then bench/_openloop.py's overload table (open loop, 0.5x-4x of
+capacity), in its own report.
+
     .venv/bin/python -m bench._throughput        # writes bench/results/<date>.md (+ chart)
     BENCH_COMPARE="d66d143 80afacf" .venv/bin/python -m bench._throughput
 
@@ -51,9 +54,16 @@ SECRET = secrets.token_urlsafe(48)
 VENV_BIN = Path(sys.executable).parent
 STARTED = datetime.now(UTC)  # names the report and its chart alike, even across midnight
 
+API = ["backend.main:create_app", "--factory"]
+# As make run serves it: admission control refuses from the parser (backend/admission.py).
+PARSER_DOOR = ["--http", "backend.admission:AdmissionHttpToolsProtocol"]
 SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
-    "api": (["backend.main:create_app", "--factory"], {}),
+    "api": ([*API, *PARSER_DOOR], {}),
     "ceiling": (["bench._ceiling:app"], {}),
+    # The overload table's before (bench/_openloop.py): every request taken in; and
+    # admission refusing through the app's middleware only.
+    "api, admission off": (API, {"ADMISSION_MAX_CONCURRENCY": "0"}),
+    "api, admission in the app only": (API, {}),
     # Before/after variants, measured on the mixed workload only.
     "api, pydantic-core serialisation": (["bench._variants:pydantic_app", "--factory"], {}),
     "api, pooler mode (no statement cache)": (
@@ -84,7 +94,9 @@ class Run:
 
     @property
     def rps(self) -> float:
-        return self.requests / self.seconds
+        # Answered requests, refusals excluded: past ~200 connections admission control
+        # answers some 503 `overloaded` (cheap, fast), which are not throughput.
+        return (self.requests - self.non_2xx) / self.seconds
 
 
 @dataclass
@@ -157,7 +169,7 @@ def write_users(path: Path, users: list[tuple[str, str, list[int]]]) -> Path:
 def running(name: str, port: int, database_url: str, cwd: Path = ROOT) -> Iterator[Server]:
     """Serve `name` (see SERVERS) from `cwd`: the checkout, or a worktree of an earlier commit
     (uvicorn puts its directory first on sys.path, ahead of the editable install)."""
-    target, extra_env = SERVERS.get(name, SERVERS["api"])
+    target, extra_env = SERVERS.get(name, (API, {}))  # an earlier commit: no parser door
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -165,9 +177,11 @@ def running(name: str, port: int, database_url: str, cwd: Path = ROOT) -> Iterat
         "LOG_LEVEL": "WARNING",
         **extra_env,
     }
-    command = ["taskset", "-c", SERVER_CORE, str(VENV_BIN / "uvicorn"), *target]
+    command = ["taskset", "-c", SERVER_CORE, str(VENV_BIN / "uvicorn")]
     command += ["--port", str(port), "--loop", "uvloop", "--http", "httptools"]
     command += ["--no-access-log", "--log-level", "warning", "--workers", "1"]
+    command += ["--backlog", "4096"]  # as make run: room for the open loop's 4,096 connections
+    command += target  # last: its own --http wins
     process = subprocess.Popen(command, cwd=cwd, env=env)  # noqa: S603
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -249,6 +263,10 @@ def main() -> None:
     path = results / f"{STARTED:%Y-%m-%d}.md"
     path.write_text(report, encoding="utf-8")
     print(f"\nwrote {path.relative_to(ROOT)}")
+    # Then the open-loop overload table, with its own database and servers.
+    from bench import _openloop  # it builds on this module: imported when used
+
+    _openloop.overload(STARTED)
 
 
 def migrate(url: str) -> None:

@@ -38,6 +38,7 @@ from backend.errors import (
     InvalidIdempotencyKey,
     InvalidPrecondition,
     InvalidRequest,
+    Overloaded,
     PayloadTooLarge,
     PreconditionFailed,
     RateLimited,
@@ -72,6 +73,7 @@ _ANY_REQUEST = documented(
     RateLimited,
     DatabaseUnavailable,
     DatabaseBusy,
+    Overloaded,
 )
 _BODY = (PayloadTooLarge, UnsupportedMediaType)
 _KEYED = (InvalidIdempotencyKey, IdempotencyKeyInFlight, InvalidRequest, IdempotencyKeyReused)

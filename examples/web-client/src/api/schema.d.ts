@@ -335,6 +335,7 @@ export interface operations {
             /**
              * @description - `database_unavailable`: The database cannot be reached, or refuses this service.
              *     - `database_busy`: A lock or statement timeout: nothing was changed.
+             *     - `overloaded`: More requests than this instance can serve in time (backend/admission.py): refused before any work, so nothing was changed.
              */
             503: {
                 headers: {
@@ -481,6 +482,7 @@ export interface operations {
             /**
              * @description - `database_unavailable`: The database cannot be reached, or refuses this service.
              *     - `database_busy`: A lock or statement timeout: nothing was changed.
+             *     - `overloaded`: More requests than this instance can serve in time (backend/admission.py): refused before any work, so nothing was changed.
              */
             503: {
                 headers: {
@@ -607,6 +609,7 @@ export interface operations {
             /**
              * @description - `database_unavailable`: The database cannot be reached, or refuses this service.
              *     - `database_busy`: A lock or statement timeout: nothing was changed.
+             *     - `overloaded`: More requests than this instance can serve in time (backend/admission.py): refused before any work, so nothing was changed.
              */
             503: {
                 headers: {
@@ -755,6 +758,7 @@ export interface operations {
             /**
              * @description - `database_unavailable`: The database cannot be reached, or refuses this service.
              *     - `database_busy`: A lock or statement timeout: nothing was changed.
+             *     - `overloaded`: More requests than this instance can serve in time (backend/admission.py): refused before any work, so nothing was changed.
              */
             503: {
                 headers: {
@@ -877,6 +881,7 @@ export interface operations {
             /**
              * @description - `database_unavailable`: The database cannot be reached, or refuses this service.
              *     - `database_busy`: A lock or statement timeout: nothing was changed.
+             *     - `overloaded`: More requests than this instance can serve in time (backend/admission.py): refused before any work, so nothing was changed.
              */
             503: {
                 headers: {
@@ -1024,6 +1029,7 @@ export interface operations {
             /**
              * @description - `database_unavailable`: The database cannot be reached, or refuses this service.
              *     - `database_busy`: A lock or statement timeout: nothing was changed.
+             *     - `overloaded`: More requests than this instance can serve in time (backend/admission.py): refused before any work, so nothing was changed.
              */
             503: {
                 headers: {
