@@ -312,9 +312,11 @@ def settings(database_url: str) -> Settings:
         database_url=database_url,
         better_auth_secret=SECRET,
         db_statement_cache=False if VIA_PGBOUNCER else None,
-        # The suite's bursts (100 creates at once, through PgBouncer, under coverage) are not
-        # overload: admission queues them rather than shedding; test_admission sets its own.
-        admission_max_wait_seconds=10,
+        # Admission control off in-process: the suite's bursts (100 creates at once, under
+        # coverage) are not overload, and its synchronous tests stop the shared event loop for
+        # seconds, a lag it would rightly shed for. test_admission turns it on; the servers in
+        # processes of their own (uvicorn_process) run it as deployed.
+        admission_max_concurrency=0,
     )
 
 

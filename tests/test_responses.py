@@ -48,7 +48,11 @@ async def test_unread_pages_are_abandoned_and_their_memory_comes_back(
         "INSERT INTO tasks (user_id, title, description) SELECT 'reader', 't' || g,"
         " repeat(chr(1), 2000) FROM generate_series(1, 1000) g"  # 13 MB of JSON; 512 KiB a page
     )
-    environment = {"RESPONSE_SEND_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS)}
+    # Every reader gets its page (none is shed): abandonment is what is under test.
+    environment = {
+        "RESPONSE_SEND_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),
+        "ADMISSION_MAX_CONCURRENCY": str(2 * READERS),
+    }
     listener = socket.socket()  # closed below
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # accepted sockets inherit it
     listener.bind(("127.0.0.1", 0))
