@@ -260,6 +260,9 @@ class AdmissionHttpToolsProtocol(HttpToolsProtocol):
         self._admission = _admission_of(self.app)
 
     def on_headers_complete(self) -> None:
+        # A refusal earlier in this read armed one; a second one, armed over it, would be lost
+        # and still fire, closing the connection under a later request.
+        self._unset_keepalive_if_required()
         admission = self._admission
         if (
             admission is None
@@ -271,7 +274,6 @@ class AdmissionHttpToolsProtocol(HttpToolsProtocol):
             or self.parser.get_method() == b"HEAD"
             or self.url.partition(b"?")[0] in _EXEMPT_TARGETS
         ):
-            self._unset_keepalive_if_required()  # one armed by a refusal earlier in this read
             super().on_headers_complete()
             return
         incoming = b""

@@ -84,8 +84,11 @@ class _Hold:
         try:
             yield
         finally:
-            self._let_go()
+            self.let_go()
             holder.join(timeout=10)
+
+    def let_go(self) -> None:
+        self._let_go()
 
 
 def _app(settings: Settings, **admission: Any) -> tuple[FastAPI, _Hold]:
@@ -286,6 +289,34 @@ def test_a_connection_refused_on_stays_usable(settings: Settings, door: str) -> 
             assert conn.recv(1) == b""
         with httpx.Client(base_url=url) as client:  # slot free again: served as ever
             assert client.get("/api/alice/tasks").status_code == 401
+    assert _admission(app).in_flight == 0
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_refusals_in_one_read_leave_no_keep_alive_timer_behind(
+    settings: Settings, door: str
+) -> None:
+    # Each refusal from the parser arms uvicorn's keep-alive timer; one armed over another
+    # was never cancelled and closed the connection under the next, admitted, request.
+    keep_alive_seconds = 1
+    app, hold = _app(settings, admission_max_concurrency=1, admission_max_queue=0)
+    with (
+        serve(app, timeout_keep_alive=keep_alive_seconds, **DOORS[door]) as url,
+        socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=5) as conn,
+    ):
+        with hold.holding(url):
+            conn.sendall(b"GET /api/alice/tasks HTTP/1.1\r\nHost: t\r\n\r\n" * 2)
+            assert [r.split(b" ", 2)[1] for r in _responses(conn, 2)] == [b"503", b"503"]
+        hold.entered.clear()
+        conn.sendall(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")  # admitted, held past the timer
+        assert hold.entered.wait(10), "/hold was not admitted"
+        conn.settimeout(keep_alive_seconds + 0.5)
+        with pytest.raises(TimeoutError):  # a stale timer closes the connection: b"" here
+            conn.recv(1)
+        hold.let_go()
+        conn.settimeout(5)
+        (held,) = _responses(conn, 1)
+        assert held.startswith(b"HTTP/1.1 200 ")
     assert _admission(app).in_flight == 0
 
 
