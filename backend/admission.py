@@ -208,7 +208,7 @@ class Admission:
         head = [self._refusal_head]
         head += [name + b": " + value + b"\r\n" for name, value in server_headers]
         head.append(b"x-request-id: " + request_id.encode() + b"\r\n")
-        if not keep_alive:
+        if not keep_alive and not any(_says_close(*header) for header in server_headers):
             head.append(b"connection: close\r\n")
         return b"".join(head) + b"\r\n" + self.refusal_body
 
@@ -286,11 +286,15 @@ class AdmissionHttpToolsProtocol(HttpToolsProtocol):
         admission.count_refusal()
         self.server_state.total_requests += 1
         self.cycle = _ANSWERED  # uvicorn's callbacks then drop the body that may follow
-        keep_alive = self.parser.should_keep_alive()
+        server_headers = self.server_state.default_headers
+        # As uvicorn's cycle decides: HTTP/1.0 and a server `Connection: close` (a drain) close too.
+        keep_alive = (
+            self.parser.get_http_version() != "1.0"
+            and self.parser.should_keep_alive()
+            and not any(_says_close(*header) for header in server_headers)
+        )
         self.transport.write(
-            admission.refusal_response(
-                self.server_state.default_headers, request_id_for(incoming), keep_alive
-            )
+            admission.refusal_response(server_headers, request_id_for(incoming), keep_alive)
         )
         if not keep_alive:
             self.transport.close()
@@ -301,6 +305,13 @@ class AdmissionHttpToolsProtocol(HttpToolsProtocol):
 
 
 _REQUEST_ID = REQUEST_ID_HEADER.lower().encode()
+
+
+def _says_close(name: bytes, value: bytes) -> bool:
+    """A `Connection` header with the `close` token, read as uvicorn's cycle reads it."""
+    return name.lower() == b"connection" and b"close" in (
+        token.strip().lower() for token in value.split(b",")
+    )
 
 
 def _admission_of(app: object) -> Admission | None:

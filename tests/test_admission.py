@@ -320,6 +320,35 @@ def test_refusals_in_one_read_leave_no_keep_alive_timer_behind(
     assert _admission(app).in_flight == 0
 
 
+CLOSING_REFUSALS = {  # what makes uvicorn close after a response, and the server headers then
+    "HTTP/1.0 keep-alive": (b"GET /api/alice/tasks HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", []),
+    "draining": (  # backend/serve.py adds this server header during a drain
+        b"GET /api/alice/tasks HTTP/1.1\r\nHost: t\r\n\r\n",
+        [("Connection", "close")],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CLOSING_REFUSALS)
+@pytest.mark.parametrize("door", DOORS)
+def test_a_refusal_closes_the_connection_where_uvicorn_would(
+    settings: Settings, door: str, case: str
+) -> None:
+    request, server_headers = CLOSING_REFUSALS[case]
+    app, hold = _app(settings, admission_max_concurrency=1, admission_max_queue=0)
+    with (
+        serve(app, headers=server_headers, **DOORS[door]) as url,
+        hold.holding(url),
+        socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=5) as conn,
+    ):
+        conn.sendall(request)
+        (refused,) = _responses(conn, 1)
+        assert refused.startswith(b"HTTP/1.1 503 ")
+        assert refused.lower().count(b"\r\nconnection: close\r\n") == 1, refused
+        conn.settimeout(2)  # well before uvicorn's keep-alive timeout (5 s) would close it
+        assert conn.recv(1) == b""
+
+
 def _responses(conn: socket.socket, count: int) -> list[bytes]:
     """`count` responses with Content-Length framing, read off a raw socket."""
     data, responses = b"", list[bytes]()
