@@ -183,15 +183,21 @@ class Admission:
     def _watch_the_loop(self) -> None:
         """A timer every tenth of `max_wait` measures the loop's lag. A request that does not
         suspend (CPU work only) never waits in our queue: it waits in the loop's, and a loop
-        starved of its core makes everyone wait there. The watch stops once nothing has used
-        admission for a tick, and starts again with the next request."""
+        starved of its core makes everyone wait there. The lag counts once two ticks in a row
+        ran late. The watch stops once nothing has used admission for a tick, and starts again
+        with the next request."""
         loop = asyncio.get_running_loop()
         due = loop.time() + self._tick
 
+        last_late = 0.0
+
         def tick() -> None:
-            nonlocal due
+            nonlocal due, last_late
             now = loop.time()
-            self.loop_lag = max(0.0, now - due)
+            late = max(0.0, now - due)
+            # The lesser of two ticks in a row: a queue that persists, not one stall (a
+            # process descheduled once, a slow callback) that is over by the time we know.
+            self.loop_lag, last_late = min(late, last_late), late
             if not self._used and self.in_flight == 0 and not self._queue:
                 self._watch, self.loop_lag = None, 0.0
                 return

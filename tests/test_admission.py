@@ -172,6 +172,25 @@ def test_a_loop_too_busy_to_keep_time_sheds_too(settings: Settings, door: str) -
 
 
 @pytest.mark.parametrize("door", DOORS)
+def test_one_stall_of_the_loop_sheds_nothing(settings: Settings, door: str) -> None:
+    # One request blocks the loop for longer than max_wait (a process descheduled once looks
+    # the same); the requests after it find the loop on time again and must all be served.
+    app, _ = _app(settings, admission_max_concurrency=1000, admission_max_wait_seconds=MAX_WAIT)
+
+    @app.get("/stall")
+    async def stall() -> JsonResponse:
+        time.sleep(2 * MAX_WAIT)  # noqa: ASYNC251 (on purpose: one long stall of the loop)
+        return JsonResponse({"stalled": True})
+
+    with serve(app, **DOORS[door]) as url, httpx.Client(base_url=url, timeout=5) as client:
+        for _ in range(3):
+            statuses = [client.get("/stall").status_code]
+            statuses += [client.get("/slow").status_code for _ in range(5)]
+            assert statuses == [200] * 6
+    assert _admission(app).refused == 0
+
+
+@pytest.mark.parametrize("door", DOORS)
 def test_below_capacity_nothing_is_shed(settings: Settings, door: str) -> None:
     app, _ = _app(settings, admission_max_concurrency=2, admission_max_wait_seconds=MAX_WAIT)
     with serve(app, **DOORS[door]) as url:
