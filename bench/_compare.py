@@ -1,6 +1,7 @@
 """Before/after, and nothing else: the API at HEAD against the API at an earlier commit.
 
     .venv/bin/python -m bench._compare d45dd10        # BENCH_ROUNDS (8), BENCH_SECONDS (10)
+    BENCH_SCENARIOS=mixed .venv/bin/python -m bench._compare d45dd10   # one lever, one figure
 
 `make bench` answers "how far from the ceiling"; this answers "did a change cost requests that do
 not use it", with more rounds for the one question. Same database, same seeded users, same wrk
@@ -34,7 +35,8 @@ from bench._throughput import (
     wrk,
 )
 
-SCENARIOS = ("mixed", "list", "get", "create", "toggle")
+ALL_SCENARIOS = ("mixed", "list", "get", "create", "toggle")
+SCENARIOS = tuple(os.environ.get("BENCH_SCENARIOS", ",".join(ALL_SCENARIOS)).split(","))
 
 
 def _median(runs: list[Run], attribute: str) -> float:

@@ -169,7 +169,9 @@ def write_users(path: Path, users: list[tuple[str, str, list[int]]]) -> Path:
 def running(name: str, port: int, database_url: str, cwd: Path = ROOT) -> Iterator[Server]:
     """Serve `name` (see SERVERS) from `cwd`: the checkout, or a worktree of an earlier commit
     (uvicorn puts its directory first on sys.path, ahead of the editable install)."""
-    target, extra_env = SERVERS.get(name, (API, {}))  # an earlier commit: no parser door
+    # An earlier commit: through the parser door when it has one, as make run served it then.
+    door = PARSER_DOOR if (cwd / "backend" / "admission.py").exists() else []
+    target, extra_env = SERVERS.get(name, ([*API, *door], {}))
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
