@@ -119,6 +119,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
         middleware=_middleware(settings, metrics, admission),  # outermost first
         generate_unique_id_function=_operation_id,
+        # FastAPI's own OpenTelemetry hooks ask the global providers on every request; traces,
+        # when on, come from backend/tracing.py's instrumentation instead.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.metrics = metrics
