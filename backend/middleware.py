@@ -3,8 +3,8 @@ HEAD answered as GET, and CORS for the web client."""
 
 from __future__ import annotations
 
+import random
 import re
-import uuid
 from collections.abc import Sequence
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -29,7 +29,15 @@ _ACCEPTABLE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 def request_id_for(incoming: bytes) -> str:
     """The client's `X-Request-ID` when it is sane, else a new one."""
     value = incoming.decode("latin-1")
-    return value if _ACCEPTABLE.fullmatch(value) else uuid.uuid4().hex
+    return value if _ACCEPTABLE.fullmatch(value) else new_request_id()
+
+
+def new_request_id() -> str:
+    """32 random hex digits, as a uuid4's, from the random module's generator rather than the
+    kernel's: a tenth of the cost, no system call. Ids need to be unique, not secret (they are
+    echoed to clients and logged); the generator is seeded from os.urandom at start-up and
+    again in every forked child, so workers never share a sequence."""
+    return f"{random.getrandbits(128):032x}"
 
 
 class RequestIdMiddleware:

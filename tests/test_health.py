@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from backend.config import Settings
 from backend.main import create_app
-from tests.conftest import UNREACHABLE_DATABASE, ClientFactory, Headers, app_client
+from backend.middleware import new_request_id
+from tests.conftest import ROOT, UNREACHABLE_DATABASE, ClientFactory, Headers, app_client
 
 
 async def test_healthz_and_readyz(client: httpx.AsyncClient) -> None:
@@ -23,8 +29,30 @@ async def test_request_id_is_echoed_or_made_up(client: httpx.AsyncClient) -> Non
     made_up = await client.get("/healthz")
     unsafe = await client.get("/healthz", headers={"X-Request-ID": "a\tb" + "x" * 200})
     assert echoed.headers["X-Request-ID"] == "req-123.abc"
-    assert len(made_up.headers["X-Request-ID"]) == 32
-    assert unsafe.headers["X-Request-ID"] != "a\tb" + "x" * 200
+    assert re.fullmatch("[0-9a-f]{32}", made_up.headers["X-Request-ID"])
+    assert re.fullmatch("[0-9a-f]{32}", unsafe.headers["X-Request-ID"])
+    assert unsafe.headers["X-Request-ID"] != made_up.headers["X-Request-ID"]
+
+
+def test_made_up_request_ids_differ_in_every_worker() -> None:
+    # Workers are spawned (a fresh interpreter, as uvicorn --workers does) or forked.
+    draw = "from backend.middleware import new_request_id; print(new_request_id())"
+    spawned = [
+        subprocess.run(  # noqa: S603
+            [sys.executable, "-c", draw], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(2)
+    ]
+    read, write = os.pipe()
+    if (child := os.fork()) == 0:
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    forked = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    here = [new_request_id() for _ in range(1000)]
+    assert len({*spawned, forked, *here}) == 1003
 
 
 @pytest.fixture
