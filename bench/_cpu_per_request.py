@@ -2,7 +2,7 @@
 for wrk to see.
 
     .venv/bin/python -m bench._cpu_per_request 4661d19 [b8ca45b ...]
-    # BENCH_ROUNDS (9) rounds of BENCH_REQUESTS (3000) requests per commit
+    # BENCH_ROUNDS (30) rounds of BENCH_REQUESTS (1000) requests per commit
 
 On this 2-core VM wrk's req/s swing 10-15% from run to run, more than a lever of a few percent
 moves. This measures only what such a lever changes, the Python CPU a request costs: each
@@ -11,7 +11,9 @@ runs in a process of its own and is called over ASGI, in-process and one request
 with wrk's mixed workload (bench/wrk/api.lua: 50% list, 20% get, 20% toggle, 10% create); its
 CPU time (time.process_time, so the wait for the database is not in it) is divided by the
 requests. uvicorn's HTTP parsing is left out, the same for every commit. The processes stay
-up; rounds alternate, the order swapped every round; medians and their ratios are printed.
+up; rounds are short and alternate, the order swapped every round, so the VM's slow spells
+(CPU time per request moves 10-15% over seconds here) hit neighbours alike; the figure is the
+median, over rounds, of each commit's CPU per request over HEAD's in the same round.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "9"))
-REQUESTS = int(os.environ.get("BENCH_REQUESTS", "3000"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "30"))
+REQUESTS = int(os.environ.get("BENCH_REQUESTS", "1000"))
 WARM_UP = 500
 MIX = ("list",) * 5 + ("get",) * 2 + ("toggle",) * 2 + ("create",)
 CREATE_BODY = b'{"title": "benchmark task", "description": "written in-process"}'
@@ -185,13 +187,13 @@ def main(commits: list[str]) -> None:
                     raise SystemExit(f"{name}: {result['non_2xx']:.0f} non-2xx answers")
                 cpu[name].append(result["cpu_us"])
                 print(f"round {n + 1} {name:>8} {result['cpu_us']:7.1f} us/request", flush=True)
-    head = statistics.median(cpu["HEAD"])
-    print(f"\nCPU per request, in-process, medians of {ROUNDS} alternating rounds of {REQUESTS}")
-    print("| commit | us/request | HEAD / it |")
+    print(f"\nCPU per request, in-process: {ROUNDS} alternating rounds of {REQUESTS} requests")
+    print("| commit | median us/request | median of its / HEAD's, round by round |")
     print("|---|---|---|")
     for name in names:
+        ratio = statistics.median(a / b for a, b in zip(cpu[name], cpu["HEAD"], strict=True))
         median = statistics.median(cpu[name])
-        print(f"| {name} ({subjects[name][:60]}) | {median:.1f} | {head / median:.3f}x |")
+        print(f"| {name} ({subjects[name][:60]}) | {median:.1f} | {ratio:.3f}x |")
 
 
 if __name__ == "__main__":
