@@ -4,15 +4,14 @@ Closed loops (wrk) here; then bench/_openloop.py's overload table (open loop, 0.
 capacity), in its own report.
 
     .venv/bin/python -m bench._throughput        # writes bench/results/<date>.md (+ chart)
-    BENCH_COMPARE="d66d143 80afacf" .venv/bin/python -m bench._throughput
 
 One throwaway embedded PostgreSQL, seeded; the servers run as deployed (uvicorn, uvloop,
 httptools, access log off), pinned to core 0; wrk (one thread, 64 connections) is pinned to
 core 1. Scenarios alternate between servers round by round, so drift hits both alike; every
 round is reported, and a round far from its median is flagged rather than hidden.
 
-BENCH_COMPARE names earlier commits: each is served from a git worktree beside the current
-code and measured on the mixed workload in the same rounds, for before/after lines.
+Before/after lines for a change come from bench/_compare.py (wrk, HEAD against a commit) and
+bench/_cpu_per_request.py (CPU per request in-process, for levers smaller than wrk's noise).
 """
 
 from __future__ import annotations
@@ -48,7 +47,6 @@ SCENARIOS = ("list", "get", "create", "keyed-create", "toggle", "mixed")
 CURVE_CONNECTIONS = (8, 32, 64, 128, 256)
 CURVE_SECONDS = float(os.environ.get("BENCH_CURVE_SECONDS", "6"))
 OUTLIER = 0.15  # a round this far from its median (req/s) is flagged
-COMPARE = os.environ.get("BENCH_COMPARE", "").split()
 SERVER_CORE, LOAD_CORE = "0", "1"
 SECRET = secrets.token_urlsafe(48)
 VENV_BIN = Path(sys.executable).parent
@@ -70,12 +68,7 @@ SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
         ["backend.main:create_app", "--factory"],
         {"DB_STATEMENT_CACHE": "false"},
     ),
-    "api, metrics on (prometheus_client)": (
-        ["backend.main:create_app", "--factory"],
-        {"METRICS_ENABLED": "true"},
-    ),
 }
-VARIANTS = tuple(name for name in SERVERS if name.startswith("api, "))
 
 
 @dataclass
@@ -226,7 +219,6 @@ def wrk(server: Server, scenario: str, users: Path, seconds: float, connections:
     cpu = server.cpu_seconds() - cpu_before
     line = next(line for line in output.splitlines() if line.startswith("WRK_JSON "))
     data = json.loads(line.removeprefix("WRK_JSON "))
-    data.pop("mean_ms")
     run = Run(
         server=server.name,
         scenario=scenario,
@@ -310,10 +302,6 @@ def _measure(pg: EmbeddedPostgres, tmp: Path) -> str:
                 "api, pooler mode (no statement cache)",
             )
         ]
-        for commit in COMPARE:
-            tree, subject = stack.enter_context(_worktree(commit, tmp))
-            name = f"api @ {commit[:7]} ({subject})"
-            variants.append(stack.enter_context(running(name, next(ports), url, cwd=tree)))
         for server in (api, ceiling, *variants):
             wrk(server, "mixed", load_users, 3, CONNECTIONS)  # warm-up, not reported
             server.runs.clear()

@@ -65,9 +65,9 @@ function done(summary, latency, requests)
   local errors = summary.errors
   io.write(string.format(
     'WRK_JSON {"requests": %d, "seconds": %.3f, "p50_ms": %.3f, "p95_ms": %.3f, "p99_ms": %.3f, ' ..
-    '"mean_ms": %.3f, "non_2xx": %d, "socket_errors": %d}\n',
+    '"non_2xx": %d, "socket_errors": %d}\n',
     summary.requests, summary.duration / 1e6,
     latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000,
-    latency.mean / 1000, errors.status,
+    errors.status,
     errors.connect + errors.read + errors.write + errors.timeout))
 end
