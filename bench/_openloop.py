@@ -739,7 +739,10 @@ def _overload_rounds(
         for multiple in MULTIPLES:
             for server in servers:  # alternating, so drift hits every server alike
                 capacity = capacities[server.name]
-                _settle(server.process.pid)
+                # Every server, not only this one: they share core 0, and one still working
+                # off the last run's backlog (4,096 connections' worth) starves the next.
+                for other in servers:
+                    _settle(other.process.pid, other.name, log)
                 result = run_process(
                     server.url,
                     multiple * capacity,
@@ -771,8 +774,9 @@ def _summary_line(run: OverloadRun) -> str:
     )
 
 
-def _settle(pid: int) -> None:
-    """Wait until the server is idle (under 5% of a core over half a second), up to a bound."""
+def _settle(pid: int, name: str, log: list[str]) -> None:
+    """Wait until the server is idle (under 5% of a core over half a second), up to a bound;
+    a server still busy then is logged, as the next run's figures may show it."""
     process = psutil.Process(pid)
     deadline = time.monotonic() + SETTLE_SECONDS
     while time.monotonic() < deadline:
@@ -781,6 +785,9 @@ def _settle(pid: int) -> None:
         after = process.cpu_times()
         if (after.user + after.system) - (before.user + before.system) < 0.025:
             return
+    line = f"{name} still busy {SETTLE_SECONDS:g} s after its last run"
+    print(line, flush=True)
+    log.append(line)
 
 
 def generator_ceiling(log: list[str]) -> list[Result]:
