@@ -20,17 +20,15 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from backend.db import EmbeddedPostgres
 from bench._throughput import (
     CONNECTIONS,
     ROUNDS,
     SECONDS,
     Run,
     _worktree,
-    migrate,
     running,
     seed,
-    sql,
+    throwaway_database,
     write_users,
     wrk,
 )
@@ -48,13 +46,7 @@ def main(commit: str) -> None:
     rounds = ROUNDS if "BENCH_ROUNDS" in os.environ else 8
     with tempfile.TemporaryDirectory() as scratch, ExitStack() as stack:
         tmp = Path(scratch)
-        pg = EmbeddedPostgres(tmp / "pg", delete_on_stop=True)
-        stack.callback(pg.stop)
-        url = pg.url()
-        migrate(url)
-        asyncio.run(
-            sql(url, "ALTER SYSTEM SET synchronous_commit = off", "SELECT pg_reload_conf()")
-        )
+        url = throwaway_database(stack, tmp)
         users = write_users(tmp / "users.txt", asyncio.run(seed(url, 42, 20)))
         write_users(tmp / "writers.txt", asyncio.run(seed(url, 20, 1)))
 

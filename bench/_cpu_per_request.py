@@ -44,7 +44,9 @@ Users = list[tuple[str, str, list[int]]]
 # The worker: runs in each commit's tree, so it imports nothing of bench/ (which may differ).
 
 
-def _scope(method: str, path: str, token: str, body: bool) -> dict[str, Any]:
+def http_scope(method: str, path: str, token: str, body: bool = False) -> dict[str, Any]:
+    """An ASGI scope for one request over HTTP/1.1 as uvicorn builds it, with this bearer token
+    (and a JSON body's headers when `body`)."""
     headers = [(b"host", b"bench"), (b"authorization", f"Bearer {token}".encode())]
     if body:
         headers += [(b"content-type", b"application/json")]
@@ -82,13 +84,13 @@ async def _serve_rounds(users: Users, writers: Users) -> None:
         base = f"/api/{user_id}/tasks"
         body = b""
         if kind == "list":
-            scope = _scope("GET", base, token, False)
+            scope = http_scope("GET", base, token)
         elif kind == "get":
-            scope = _scope("GET", f"{base}/{rng.choice(tasks)}", token, False)
+            scope = http_scope("GET", f"{base}/{rng.choice(tasks)}", token)
         elif kind == "toggle":
-            scope = _scope("PATCH", f"{base}/{rng.choice(tasks)}/complete", token, False)
+            scope = http_scope("PATCH", f"{base}/{rng.choice(tasks)}/complete", token)
         else:
-            scope, body = _scope("POST", base, token, True), CREATE_BODY
+            scope, body = http_scope("POST", base, token, True), CREATE_BODY
 
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": body, "more_body": False}
@@ -151,15 +153,11 @@ def _round(process: subprocess.Popen[str], seed: int) -> dict[str, float]:
 
 
 def main(commits: list[str]) -> None:
-    from backend.db import EmbeddedPostgres
-    from bench._throughput import ROOT, SECRET, _worktree, migrate, seed
+    from bench._throughput import ROOT, SECRET, _worktree, seed, throwaway_database
 
     with tempfile.TemporaryDirectory() as scratch, ExitStack() as stack:
         tmp = Path(scratch)
-        pg = EmbeddedPostgres(tmp / "pg", delete_on_stop=True)
-        stack.callback(pg.stop)
-        url = pg.url()
-        migrate(url)
+        url = throwaway_database(stack, tmp)
         users, writers = tmp / "users.json", tmp / "writers.json"
         users.write_text(json.dumps(asyncio.run(seed(url, 42, 20))))
         writers.write_text(json.dumps(asyncio.run(seed(url, 20, 1))))

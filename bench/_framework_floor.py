@@ -23,14 +23,13 @@ from starlette.types import ASGIApp, Message
 from backend.config import Settings
 from backend.main import create_app
 from backend.responses import JsonResponse
+from bench._cpu_per_request import http_scope
 
 CALLS = 20_000
 PATH = "/api/u/tasks/1"
 
 
 async def _per_request_us(app: ASGIApp, path: str = PATH) -> float:
-    headers = [(b"host", b"x"), (b"authorization", b"Bearer abc")]
-
     async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 
@@ -38,21 +37,7 @@ async def _per_request_us(app: ASGIApp, path: str = PATH) -> float:
         return None
 
     async def one() -> None:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": headers,
-            "client": ("127.0.0.1", 1),
-            "server": ("x", 80),
-            "state": {},
-        }
+        scope = http_scope("GET", path, "abc")
         await app(scope, receive, send)
 
     for _ in range(500):

@@ -280,13 +280,26 @@ BULK_ROWS = (
 )
 
 
-def _measure(pg: EmbeddedPostgres, tmp: Path) -> str:
+def prepare(pg: EmbeddedPostgres) -> str:
+    """`pg` migrated and set up for benchmarks; its URL."""
     url = pg.url()
     migrate(url)
     # This measures the API layer, not the disk: on these VMs a commit's WAL flush stalls now
     # and then (WalSync waits), holding every writer's connection for it. A throwaway database
-    # may skip waiting for the flush; both servers share it.
+    # may skip waiting for the flush; every server shares it.
     asyncio.run(sql(url, "ALTER SYSTEM SET synchronous_commit = off", "SELECT pg_reload_conf()"))
+    return url
+
+
+def throwaway_database(stack: ExitStack, tmp: Path) -> str:
+    """An embedded PostgreSQL in `tmp`, prepared, stopped and deleted with `stack`; its URL."""
+    pg = EmbeddedPostgres(tmp / "pg", delete_on_stop=True)
+    stack.callback(pg.stop)
+    return prepare(pg)
+
+
+def _measure(pg: EmbeddedPostgres, tmp: Path) -> str:
+    url = prepare(pg)
     # 42 readers with 20 tasks each, 20 writers with 1.
     load_users = write_users(tmp / "users.txt", asyncio.run(seed(url, 42, 20)))
     write_users(tmp / "writers.txt", asyncio.run(seed(url, 20, 1)))
