@@ -30,7 +30,10 @@ from backend.config import Settings
 from backend.main import create_app
 from backend.responses import JsonResponse
 from bench._openloop import Result, run_process
-from tests.conftest import ROOT, SECRET, serve
+from tests.conftest import ROOT, SECRET, VIA_PGBOUNCER, serve
+
+# Admission sits in front of everything: the database route is not what these tests are about.
+pytestmark = pytest.mark.skipif(VIA_PGBOUNCER, reason="admission, not the database route")
 
 SLOW_SECONDS = 0.05
 CAPACITY = 2 / SLOW_SECONDS  # /slow: two at a time
