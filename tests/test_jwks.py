@@ -725,7 +725,8 @@ async def test_start_up_and_health_never_wait_for_the_key_server(
         health = await client.get("/healthz")
         served = await client.get("/api/alice/tasks", headers={"Authorization": f"Bearer {hs256}"})
         assert (health.status_code, served.status_code) == (200, 200)
-        assert jwks_server.requests == 1  # start-up's fetch is under way, still dripping
+        # Start-up's fetch is under way (on a busy host it may not have reached the server yet).
+        assert jwks_server.requests <= 1
         assert app.state.verifier.jwks.kids == frozenset()
 
         # A key-signed request waits for that same fetch, which the timeout ends.
