@@ -32,8 +32,12 @@ from backend.responses import JsonResponse
 from bench._openloop import Result, run_process
 from tests.conftest import ROOT, SECRET, VIA_PGBOUNCER, serve
 
-# Admission sits in front of everything: the database route is not what these tests are about.
-pytestmark = pytest.mark.skipif(VIA_PGBOUNCER, reason="admission, not the database route")
+pytestmark = [
+    # Admission sits in front of everything: the database route is not what these tests are about.
+    pytest.mark.skipif(VIA_PGBOUNCER, reason="admission, not the database route"),
+    # Their verdicts are latencies and shed counts against a fixed capacity.
+    pytest.mark.quiet,
+]
 
 SLOW_SECONDS = 0.05
 CAPACITY = 2 / SLOW_SECONDS  # /slow: two at a time

@@ -40,6 +40,7 @@ def _stalled_reader(url: str, request: bytes) -> socket.socket:
 
 
 @pytest.mark.skipif(VIA_PGBOUNCER, reason="about the server's memory, not the database route")
+@pytest.mark.quiet  # 100 pages written within a deadline
 async def test_unread_pages_are_abandoned_and_their_memory_comes_back(
     direct_database_url: str, db: Database, tmp_path: Path, clean_tables: None
 ) -> None:
