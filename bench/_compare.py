@@ -20,11 +20,11 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+from bench._records import Run
 from bench._throughput import (
     CONNECTIONS,
     ROUNDS,
     SECONDS,
-    Run,
     _worktree,
     running,
     seed,

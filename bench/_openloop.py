@@ -17,6 +17,9 @@ what `python -m bench._openloop ceiling` reports.
     python -m bench._openloop run --url http://127.0.0.1:8000 --rate 2000 --seconds 10 \\
         --users users.txt --writers writers.txt --server-pid 1234
 
+`make bench`'s overload runs go to bench/results/<date>-overload.json as records
+(bench/_records.py); bench/_render.py makes the report and chart from them, not this module.
+
 It must not retry, pipeline, or wait for a connection: each would hide what a client saw.
 """
 
@@ -47,6 +50,10 @@ from urllib.parse import urlsplit
 import psutil
 import uvloop
 
+from bench._records import Overload, OverloadRun, Run, save
+from bench._records import Result as Result  # tests take it from here, with the generator
+from bench._render import render, summary_line
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_CORE, LOAD_CORE = "0", "1"  # as bench/_throughput.py
 
@@ -56,46 +63,9 @@ IDLE_SECONDS = 4.0
 SWEEP_SECONDS = 0.1
 RSS_EVERY_SECONDS = 0.25
 TIMELINE_SECONDS = 0.5
+MAX_CONNECTIONS = 4096  # a run's bound on open connections (make run's backlog holds them)
 MIX = ("list",) * 5 + ("get",) * 2 + ("toggle",) * 2 + ("create",)  # as bench/wrk/api.lua
 CREATE_BODY = b'{"title": "benchmark task", "description": "written by the open loop"}'
-
-
-@dataclass
-class Result:
-    """One run. Latencies in ms from each request's scheduled time."""
-
-    offered_rate: float
-    seconds: float
-    scheduled: int
-    sent: int
-    ok: int  # 2xx answered, whenever
-    goodput: float  # 2xx answered within the window, per second
-    ok_p50_ms: float
-    ok_p99_ms: float
-    shed: int  # 503 `overloaded` with Retry-After
-    shed_p50_ms: float
-    shed_p99_ms: float
-    other_status: dict[str, int]  # any other status, by code (a 503 without our shape too)
-    unsent: int  # scheduled but never sent: every connection busy and the pool at its bound
-    connect_errors: int
-    resets: int  # connection closed under a request
-    garbled: int  # bytes past the end of the response (none may come: nothing is pipelined)
-    timeouts: int
-    peak_connections: int
-    send_lag_p99_ms: float  # how late the generator sent: its own saturation shows here
-    generator_cpu: float  # fraction of one core the generator used
-    rss_peak_mib: float = 0.0
-    rss_end_mib: float = 0.0
-    server_cpu: float = 0.0  # fraction of one core the server used during the window
-    first_quarter_p50_ms: float = 0.0  # of all answers, by schedule: growth means a queue
-    last_quarter_p50_ms: float = 0.0
-    # Per TIMELINE_SECONDS of schedule: [start s, answered, 2xx, shed, p50 ms, p99 ms, open
-    # connections at its end]: where a run went wrong, if it did.
-    timeline: list[list[float]] = field(default_factory=list)
-
-    @property
-    def errors(self) -> int:
-        return self.unsent + self.connect_errors + self.resets + self.timeouts + self.garbled
 
 
 def _percentile(values: Sequence[float], fraction: float) -> float:
@@ -541,7 +511,7 @@ async def offer(
     seconds: float,
     *,
     arrivals: str = "poisson",
-    max_connections: int = 4096,
+    max_connections: int = MAX_CONNECTIONS,
     warm_connections: int = 64,
     request_timeout: float = 10.0,
     server_pid: int | None = None,
@@ -656,23 +626,15 @@ LAGGING_MS = 50
 SETTLE_SECONDS = 30.0  # after a run, the server may still be finishing orphaned requests
 
 
-@dataclass
-class OverloadRun:
-    server: str
-    multiple: float
-    capacity: float
-    result: Result
-
-
 def overload(started: datetime | None = None) -> Path:
-    """Measure, write bench/results/<date>-overload.md (+ chart, + raw log); its path."""
+    """Measure, write bench/results/<date>-overload.json and render it (.md, chart); its path."""
     # The closed-loop bench's servers and seeding; not needed by `run`, which starts lean.
     from backend.db import EmbeddedPostgres
     from bench import _throughput as closed
 
     started = started or datetime.now(UTC)
     _raise_file_limit()
-    log: list[str] = []
+    notes: list[str] = []
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
         pg = EmbeddedPostgres(tmp / "pg", delete_on_stop=True)
@@ -686,24 +648,46 @@ def overload(started: datetime | None = None) -> Path:
             )
             users = closed.write_users(tmp / "users.txt", asyncio.run(closed.seed(url, 42, 20)))
             writers = closed.write_users(tmp / "writers.txt", asyncio.run(closed.seed(url, 20, 1)))
-            ceiling = generator_ceiling(log)
+            ceiling = generator_ceiling()
             with ExitStack() as stack:
                 servers = [
                     stack.enter_context(closed.running(name, _free_port(), url)) for name in SERVERS
                 ]
-                capacities = _capacities(closed, servers, users, log)
-                runs = _overload_rounds(servers, capacities, users, writers, log)
+                capacity_runs = _capacity_runs(closed, servers, users)
+                capacities = {
+                    server.name: statistics.median(
+                        run.rps for run in capacity_runs if run.server == server.name
+                    )
+                    for server in servers
+                }
+                runs = _overload_rounds(servers, capacities, users, writers, notes)
         finally:
             pg.stop()
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
-    stem = f"{started:%Y-%m-%d}-overload"
-    (results / f"{stem}.raw.log").write_text("\n".join(log) + "\n", encoding="utf-8")
-    chart = _chart(runs, results / f"{stem}.png")
-    report = results / f"{stem}.md"
-    report.write_text(_report(started, capacities, ceiling, runs, chart, stem), encoding="utf-8")
-    print(f"wrote {report.relative_to(ROOT)}")
-    return report
+    records = Overload(
+        started=started,
+        commit=closed.head_commit(),
+        server_core=SERVER_CORE,
+        load_core=LOAD_CORE,
+        capacity_rounds=CAPACITY_ROUNDS,
+        capacity_seconds=CAPACITY_SECONDS,
+        multiples=list(MULTIPLES),
+        seconds=SECONDS,
+        rounds=ROUNDS,
+        max_connections=MAX_CONNECTIONS,
+        lagging_ms=LAGGING_MS,
+        capacities=capacities,
+        capacity_runs=capacity_runs,
+        ceiling=ceiling,
+        runs=runs,
+        notes=notes,
+    )
+    path = save(records, results / f"{started:%Y-%m-%d}-overload.json")
+    written = render(path)
+    for each in (path, *written):
+        print(f"wrote {each.relative_to(ROOT)}")
+    return written[0]
 
 
 def _free_port() -> int:
@@ -712,19 +696,25 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _capacities(
-    closed: ModuleType, servers: list[Any], users: Path, log: list[str]
-) -> dict[str, float]:
-    """2xx/s of each server under wrk's closed loop (mixed, 64 connections): the median round."""
+def _capacity_runs(closed: ModuleType, servers: list[Any], users: Path) -> list[Run]:
+    """Each server under wrk's closed loop (mixed, 64 connections), CAPACITY_ROUNDS rounds."""
     for server in servers:
         closed.wrk(server, "mixed", users, 3, closed.CONNECTIONS)  # warm-up
-    rounds: dict[str, list[float]] = {server.name: [] for server in servers}
-    for _ in range(CAPACITY_ROUNDS):
+    runs: list[Run] = []
+    for n in range(1, CAPACITY_ROUNDS + 1):
         for server in servers:
-            run = closed.wrk(server, "mixed", users, CAPACITY_SECONDS, closed.CONNECTIONS)
-            rounds[server.name].append(run.rps)  # 2xx/s
-            log.append(f"capacity {server.name} {run.__dict__}")
-    return {name: statistics.median(values) for name, values in rounds.items()}
+            runs.append(
+                closed.wrk(
+                    server,
+                    "mixed",
+                    users,
+                    CAPACITY_SECONDS,
+                    closed.CONNECTIONS,
+                    part="capacity",
+                    round_number=n,
+                )
+            )
+    return runs
 
 
 def _overload_rounds(
@@ -732,17 +722,17 @@ def _overload_rounds(
     capacities: dict[str, float],
     users: Path,
     writers: Path,
-    log: list[str],
+    notes: list[str],
 ) -> list[OverloadRun]:
     runs = []
-    for round_number in range(ROUNDS):
+    for round_number in range(1, ROUNDS + 1):
         for multiple in MULTIPLES:
             for server in servers:  # alternating, so drift hits every server alike
                 capacity = capacities[server.name]
                 # Every server, not only this one: they share core 0, and one still working
                 # off the last run's backlog (4,096 connections' worth) starves the next.
                 for other in servers:
-                    _settle(other.process.pid, other.name, log)
+                    _settle(other.process.pid, other.name, notes)
                 result = run_process(
                     server.url,
                     multiple * capacity,
@@ -755,28 +745,14 @@ def _overload_rounds(
                     str(server.process.pid),
                     core=LOAD_CORE,
                 )
-                runs.append(OverloadRun(server.name, multiple, capacity, result))
-                raw = json.dumps(asdict(result))
-                log.append(f"round {round_number + 1} {server.name} {multiple}x {raw}")
-                print(_summary_line(runs[-1]), flush=True)
+                runs.append(OverloadRun(server.name, multiple, capacity, result, round_number))
+                print(summary_line(runs[-1]), flush=True)
     return runs
 
 
-def _summary_line(run: OverloadRun) -> str:
-    r = run.result
-    return (
-        f"{run.server:24} {run.multiple:3.1f}x {r.offered_rate:7.0f}/s  "
-        f"goodput {r.goodput:6.0f} ({r.goodput / run.capacity:4.2f}x)  "
-        f"2xx p50 {r.ok_p50_ms:7.1f} p99 {r.ok_p99_ms:8.1f} ms  "
-        f"shed {r.shed:6} (p50 {r.shed_p50_ms:5.1f} ms)  errors {r.errors:5} {r.other_status}  "
-        f"RSS {r.rss_peak_mib:.0f}/{r.rss_end_mib:.0f} MiB  server CPU {r.server_cpu:.2f}  "
-        f"connections {r.peak_connections}  generator lag p99 {r.send_lag_p99_ms:.1f} ms"
-    )
-
-
-def _settle(pid: int, name: str, log: list[str]) -> None:
+def _settle(pid: int, name: str, notes: list[str]) -> None:
     """Wait until the server is idle (under 5% of a core over half a second), up to a bound;
-    a server still busy then is logged, as the next run's figures may show it."""
+    a server still busy then is noted in the records, as the next run's figures may show it."""
     process = psutil.Process(pid)
     deadline = time.monotonic() + SETTLE_SECONDS
     while time.monotonic() < deadline:
@@ -787,10 +763,10 @@ def _settle(pid: int, name: str, log: list[str]) -> None:
             return
     line = f"{name} still busy {SETTLE_SECONDS:g} s after its last run"
     print(line, flush=True)
-    log.append(line)
+    notes.append(line)
 
 
-def generator_ceiling(log: list[str]) -> list[Result]:
+def generator_ceiling() -> list[Result]:
     """What this generator can itself offer on one core: a trivial server on the other core
     answers at once, and the rate climbs until sending falls behind."""
     command = ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "bench._openloop", "trivial"]
@@ -804,7 +780,6 @@ def generator_ceiling(log: list[str]) -> list[Result]:
         for rate in CEILING_RATES:
             result = run_process(f"http://127.0.0.1:{port}", rate, 3, "--path", "/", core=LOAD_CORE)
             results.append(result)
-            log.append(f"generator ceiling {rate}/s {json.dumps(asdict(result))}")
             print(
                 f"generator vs trivial server: offered {rate}/s, answered {result.goodput:.0f}/s, "
                 f"send lag p99 {result.send_lag_p99_ms:.1f} ms, CPU {result.generator_cpu:.2f}",
@@ -814,133 +789,6 @@ def generator_ceiling(log: list[str]) -> list[Result]:
     finally:
         server.terminate()
         server.wait(timeout=10)
-
-
-def _medians(runs: list[OverloadRun], server: str, multiple: float) -> dict[str, float]:
-    chosen = [r.result for r in runs if r.server == server and r.multiple == multiple]
-    keys = (
-        "offered_rate",
-        "goodput",
-        "ok_p50_ms",
-        "ok_p99_ms",
-        "shed",
-        "shed_p50_ms",
-        "server_cpu",
-    )
-    medians = {k: float(statistics.median(getattr(r, k) for r in chosen)) for k in keys}
-    medians["errors"] = float(
-        statistics.median(r.errors + sum(r.other_status.values()) for r in chosen)
-    )
-    medians["rss_peak_mib"] = max(r.rss_peak_mib for r in chosen)
-    medians["rss_end_mib"] = float(statistics.median(r.rss_end_mib for r in chosen))
-    return medians
-
-
-def _report(
-    started: datetime,
-    capacities: dict[str, float],
-    ceiling: list[Result],
-    runs: list[OverloadRun],
-    chart: str | None,
-    stem: str,
-) -> str:
-    kept_up = [r for r in ceiling if r.goodput >= 0.97 * r.offered_rate and r.errors == 0]
-    generator = max((r.goodput for r in kept_up), default=0.0)
-    lines = [
-        f"# Overload benchmark (open loop), started {started:%Y-%m-%d %H:%M} UTC",
-        "",
-        "Command: `make bench` (`.venv/bin/python -m bench._openloop` alone). Servers as in "
-        f"the throughput report: uvicorn, one worker, pinned to core {SERVER_CORE}; the "
-        f"open-loop generator (bench/_openloop.py) pinned to core {LOAD_CORE}. Capacity: each "
-        "server's 2xx/s under wrk's closed loop (mixed, 64 connections), the median of "
-        f"{CAPACITY_ROUNDS} rounds of {CAPACITY_SECONDS:g} s in this run. Then each server is "
-        f"offered {', '.join(f'{m:g}x' for m in MULTIPLES)} of its own capacity, Poisson "
-        f"arrivals, the mixed CRUD scenario of 62 users, {SECONDS:g} s per run, {ROUNDS} "
-        "round(s) alternating servers; medians shown. Latency runs from each request's scheduled "
-        "time (no coordinated omission); goodput counts 2xx answered within the run's window. "
-        "Shed: 503 `overloaded` with Retry-After. Errors: anything else (other statuses, "
-        "connections refused or reset, requests unsent because 4,096 connections were busy, "
-        "10 s timeouts).",
-        "",
-        "Capacity: "
-        + ", ".join(f"{name} {capacity:,.0f} req/s" for name, capacity in capacities.items())
-        + f". The generator's own ceiling against a trivial server: {generator:,.0f} req/s "
-        "offered and answered on one core (every step in the raw log).",
-        "",
-        "| server | offered | req/s | goodput 2xx/s | goodput / capacity | 2xx p50 ms | "
-        "2xx p99 ms | shed | shed p50 ms | errors | server RSS peak / end MiB | server CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name in capacities:
-        for multiple in MULTIPLES:
-            m = _medians(runs, name, multiple)
-            lines.append(
-                f"| {name} | {multiple:g}x | {m['offered_rate']:,.0f} | {m['goodput']:,.0f} | "
-                f"{m['goodput'] / capacities[name]:.2f}x | {m['ok_p50_ms']:.1f} | "
-                f"{m['ok_p99_ms']:.1f} | {m['shed']:,.0f} | {m['shed_p50_ms']:.1f} | "
-                f"{m['errors']:,.0f} | {m['rss_peak_mib']:.0f} / {m['rss_end_mib']:.0f} | "
-                f"{m['server_cpu']:.2f} |"
-            )
-    behind = [run for run in runs if run.result.send_lag_p99_ms > LAGGING_MS]
-    lines += [
-        "",
-        "Server CPU: the share of its core the server used during the window; well under 1.0 "
-        "at or past capacity means it was starved (a neighbour on its core) or waiting on the "
-        "database, not busy.",
-    ]
-    if behind:
-        lines.append(
-            f"The generator fell behind its schedule (send lag p99 over {LAGGING_MS} ms) in "
-            f"{len(behind)} of {len(runs)} runs: "
-            + ", ".join(f"{r.server} {r.multiple:g}x" for r in behind)
-            + "; their latencies include that lag (see every run below)."
-        )
-    lines += [
-        "",
-        f"![goodput and p99 against offered load]({chart})" if chart else "(no chart)",
-        "",
-        "## Every run",
-        "",
-        "```",
-        *(_summary_line(run) for run in runs),
-        "```",
-        "",
-        f"Raw output (every run's full JSON): [{stem}.raw.log]({stem}.raw.log).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _chart(runs: list[OverloadRun], path: Path) -> str | None:
-    """Goodput and 2xx p99 against offered load, one line per server (bench extra)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    figure, (goodput, latency) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name in dict.fromkeys(run.server for run in runs):
-        points = [_medians(runs, name, multiple) for multiple in MULTIPLES]
-        capacity = next(run.capacity for run in runs if run.server == name)
-        goodput.plot(MULTIPLES, [p["goodput"] / capacity for p in points], "o-", label=name)
-        latency.plot(MULTIPLES, [p["ok_p99_ms"] for p in points], "o-", label=f"{name} p99")
-    goodput.plot(MULTIPLES, [min(m, 1.0) for m in MULTIPLES], ":", color="gray", label="ideal")
-    goodput.set_ylabel("goodput / capacity (2xx)")
-    goodput.set_title("Goodput, open loop, mixed workload")
-    latency.set_yscale("log")
-    latency.set_ylabel("2xx p99, ms (log)")
-    latency.set_title("2xx p99 from scheduled time")
-    for axis in (goodput, latency):
-        axis.set_xlabel("offered load / capacity")
-        axis.set_xticks(MULTIPLES, [f"{m:g}x" for m in MULTIPLES])
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path.name
 
 
 def _raise_file_limit() -> None:
@@ -958,7 +806,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     run.add_argument("--rate", type=float, required=True, help="requests per second")
     run.add_argument("--seconds", type=float, default=10.0)
     run.add_argument("--arrivals", choices=("poisson", "uniform"), default="poisson")
-    run.add_argument("--max-connections", type=int, default=4096)
+    run.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS)
     run.add_argument(
         "--warm-connections", type=int, default=64, help="opened before the first request"
     )
@@ -977,7 +825,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif arguments.command == "trivial":
         uvloop.run(serve_trivial(arguments.port))
     elif arguments.command == "ceiling":
-        generator_ceiling([])
+        generator_ceiling()
     else:
         overload()
 
