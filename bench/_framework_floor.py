@@ -1,19 +1,26 @@
 """What the web framework alone costs per request, before any real work (no database, no token).
 
-    .venv/bin/python -m bench._framework_floor
+    .venv/bin/python -m bench._framework_floor                  # pyperf: 20 worker processes
+    .venv/bin/python -m bench._framework_floor --fast -o after.json
 
-Calls each ASGI app in-process, sequentially, with a GET shaped like ours; prints us/request.
-It explains the gap `make bench` reports between the API and the raw Starlette ceiling.
+Calls each ASGI app in-process, sequentially, with a GET shaped like ours; pyperf (the bench
+extra) calibrates the loop count, runs it in fresh worker processes and prints mean +- std dev
+per request. It explains the gap `make bench` reports between the API and the raw Starlette
+ceiling. Before/after a change: `-o before.json` on the old code, `-o after.json` on the new,
+then `.venv/bin/python -m pyperf compare_to before.json after.json --table` (the same names
+pair up; it says which differences are significant). It must time nothing but the app call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
+import pyperf
 from fastapi import Depends, FastAPI, Request
 from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest
@@ -25,27 +32,36 @@ from backend.main import create_app
 from backend.responses import JsonResponse
 from bench._cpu_per_request import http_scope
 
-CALLS = 20_000
 PATH = "/api/u/tasks/1"
 
 
-async def _per_request_us(app: ASGIApp, path: str = PATH) -> float:
+@functools.cache
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """One loop per worker process, kept across pyperf's values (as a server keeps its own)."""
+    return asyncio.new_event_loop()
+
+
+@functools.cache
+def _app(make_app: Callable[[], ASGIApp]) -> ASGIApp:
+    return make_app()  # built once per worker process, outside every timed loop
+
+
+def _time_requests(loops: int, make_app: Callable[[], ASGIApp], path: str) -> float:
+    """pyperf's time function: seconds for `loops` GETs of `path`, one after another."""
+    return _event_loop().run_until_complete(_requests(_app(make_app), path, loops))
+
+
+async def _requests(app: ASGIApp, path: str, loops: int) -> float:
     async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(_: Message) -> None:
         return None
 
-    async def one() -> None:
-        scope = http_scope("GET", path, "abc")
-        await app(scope, receive, send)
-
-    for _ in range(500):
-        await one()
     started = time.perf_counter()
-    for _ in range(CALLS):
-        await one()
-    return (time.perf_counter() - started) / CALLS * 1e6
+    for _ in range(loops):
+        await app(http_scope("GET", path, "abc"), receive, send)
+    return time.perf_counter() - started
 
 
 def _starlette() -> ASGIApp:
@@ -96,17 +112,18 @@ def _ours() -> ASGIApp:
     return app
 
 
-async def main() -> None:
-    print(f"in-process, sequential, {CALLS} GETs each")
-    rows = [
-        ("Starlette route (the ceiling's framework)", _starlette(), PATH),
-        ("FastAPI route, path parameters only", _fastapi(False), PATH),
-        ("FastAPI route + our dependency shape", _fastapi(True), PATH),
-        ("our app's middleware and handlers, bare route", _ours(), "/floor/u/tasks/1"),
+def main() -> None:
+    runner = pyperf.Runner(program_args=("-m", "bench._framework_floor"))  # workers alike
+    runner.metadata["description"] = "in-process, sequential GETs; time per request"
+    rows: list[tuple[str, Callable[[], ASGIApp], str]] = [
+        ("Starlette route (the ceiling's framework)", _starlette, PATH),
+        ("FastAPI route, path parameters only", functools.partial(_fastapi, False), PATH),
+        ("FastAPI route + our dependency shape", functools.partial(_fastapi, True), PATH),
+        ("our app's middleware and handlers, bare route", _ours, "/floor/u/tasks/1"),
     ]
-    for label, app, path in rows:
-        print(f"{label:48} {await _per_request_us(app, path):6.1f} us/request")
+    for label, make_app, path in rows:
+        runner.bench_time_func(label, _time_requests, make_app, path)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
