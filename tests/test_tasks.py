@@ -9,6 +9,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from backend.models import TaskOut
+from backend.responses import dumps
 from backend.routes.tasks import MAX_PAGE_BYTES
 from tests.conftest import Database, Headers, bearer, create_task
 
@@ -148,6 +150,48 @@ async def test_timestamps_are_utc_z_everywhere(client: httpx.AsyncClient, alice:
         for field in ("created_at", "updated_at"):
             assert UTC_Z.match(body[field]), body[field]
             assert datetime.fromisoformat(body[field]).utcoffset() is not None
+
+
+# Rows as SQL can hold them (validation refuses controls in titles): what JSON must escape or
+# keep as is, and timestamps with and without a fraction of a second.
+_TRICKY_TEXTS = [
+    ('quotes " and \\ back\\slash', None),
+    ("unicode é ü 漢字 😀 \u2028 \u2029", "tab\tnew\nline\rcr"),
+    ("C0 \x01 \x08 \x0c \x1f DEL \x7f", "\x0b\x0e"),
+    ("C1 \x80 \x85 \x9f", "</script> & <b>"),
+]
+
+
+@pytest.mark.parametrize("user_id", ["alice", 'q"u\\o\u00e9te'])
+async def test_a_page_is_byte_for_byte_each_task_as_the_encoder_writes_it(
+    client: httpx.AsyncClient, db: Database, user_id: str
+) -> None:
+    headers = bearer(user_id)
+    await create_task(client, headers, title="made by the API")
+    for title, description in _TRICKY_TEXTS:
+        await db.fetch(
+            "INSERT INTO tasks (user_id, title, description, completed) VALUES ($1, $2, $3, $4)",
+            user_id,
+            title,
+            description,
+            description is None,
+        )
+    # Timestamps on a whole second (the encoder writes no fraction then) and a microsecond past.
+    await db.execute(
+        "UPDATE tasks SET created_at = date_trunc('second', created_at),"
+        " updated_at = date_trunc('second', updated_at) + interval '1 microsecond'"
+        " WHERE title LIKE 'C%'"
+    )
+    columns = ", ".join(TaskOut.model_fields)  # the response's fields, in its order
+    rows = await db.fetch(f"SELECT {columns} FROM tasks ORDER BY id")  # noqa: S608
+    tasks = [dict(zip(TaskOut.model_fields, row, strict=True)) for row in rows]
+    url = f"/api/{quote(user_id, safe='')}/tasks"
+
+    listing = await client.get(url, headers=headers)
+    assert listing.status_code == 200
+    assert listing.content == dumps(tasks)
+    pages = await _pages(client, f"{url}?limit=2", headers)
+    assert [page.content for page in pages] == [dumps(tasks[i : i + 2]) for i in (0, 2, 4)]
 
 
 async def test_openapi_documents_every_endpoint(client: httpx.AsyncClient) -> None:
