@@ -26,7 +26,7 @@ from backend.conditional import (
     task_etag,
 )
 from backend.db import Executor, Row
-from backend.deps import CurrentUser, DatabaseDep, TaskId
+from backend.deps import CurrentUser, TaskId, database_of
 from backend.errors import (
     ApiError,
     DatabaseBusy,
@@ -166,11 +166,11 @@ async def _refusal(
 async def list_tasks(
     request: Request,
     user: CurrentUser,
-    database: DatabaseDep,
     completed: Annotated[bool | None, Query(description="Only completed (or open) tasks.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = MAX_PAGE,
     after_id: Annotated[int, Query(ge=0, le=MAX_ID, description="Start after this id.")] = 0,
 ) -> Response:
+    database = database_of(request)
     wanted = if_none_match(request.headers)
     # One row more than the page holds (past `limit`, or past the byte budget) says that
     # another page follows.
@@ -211,9 +211,9 @@ async def list_tasks(
     },
     openapi_extra={"parameters": [_IDEMPOTENCY_KEY]},
 )
-async def create_task(
-    request: Request, body: CreateTask, user: CurrentUser, database: DatabaseDep
-) -> Response:
+async def create_task(request: Request, body: CreateTask, user: CurrentUser) -> Response:
+    database = database_of(request)
+
     async def create(db: Executor) -> Response:
         row = await crud.create(db, user, body.title, body.description)
         location = _path(request, "read_task", user.id, task_id=str(row["id"]))
@@ -234,9 +234,8 @@ async def create_task(
     },
     openapi_extra={"parameters": [_IF_NONE_MATCH]},
 )
-async def read_task(
-    request: Request, task_id: TaskId, user: CurrentUser, database: DatabaseDep
-) -> Response:
+async def read_task(request: Request, task_id: TaskId, user: CurrentUser) -> Response:
+    database = database_of(request)
     wanted = if_none_match(request.headers)
     row = await crud.read(database, user.id, task_id)
     if row is None:
@@ -259,8 +258,9 @@ async def read_task(
     openapi_extra={"parameters": [_IF_MATCH]},
 )
 async def update_task(
-    request: Request, task_id: TaskId, body: UpdateTask, user: CurrentUser, database: DatabaseDep
+    request: Request, task_id: TaskId, body: UpdateTask, user: CurrentUser
 ) -> Response:
+    database = database_of(request)
     conditions = preconditions(request.headers, task_id)
     row = await crud.update(
         database,
@@ -286,9 +286,8 @@ async def update_task(
     responses=documented(InvalidPrecondition, TaskNotFound, PreconditionFailed),
     openapi_extra={"parameters": [_IF_MATCH]},
 )
-async def delete_task(
-    request: Request, task_id: TaskId, user: CurrentUser, database: DatabaseDep
-) -> Response:
+async def delete_task(request: Request, task_id: TaskId, user: CurrentUser) -> Response:
+    database = database_of(request)
     conditions = preconditions(request.headers, task_id)
     if not await crud.delete(database, user.id, task_id, conditions):
         raise await _refusal(database, user.id, task_id, conditions)
@@ -308,9 +307,8 @@ async def delete_task(
     },
     openapi_extra={"parameters": [_IF_MATCH, _IDEMPOTENCY_KEY]},
 )
-async def toggle_task(
-    request: Request, task_id: TaskId, user: CurrentUser, database: DatabaseDep
-) -> Response:
+async def toggle_task(request: Request, task_id: TaskId, user: CurrentUser) -> Response:
+    database = database_of(request)
     conditions = preconditions(request.headers, task_id)
 
     async def toggle(db: Executor) -> Response:
