@@ -4,7 +4,9 @@ The statements are SQLAlchemy Core over the SQLModel tables, compiled once at im
 asyncpg's `$n` form (`Sql`); per request only the parameters change. Each is scoped by the
 owner's id in its WHERE, so another user's task is indistinguishable from a missing one and
 ownership never costs a second query. If-Match / If-None-Match are checked in the same WHERE
-(`Preconditions`), so of two concurrent writes from one ETag exactly one wins.
+(`Preconditions`), so of two concurrent writes from one ETag exactly one wins. A list page's
+statement also writes each task's response JSON, byte for byte what backend/responses.py's
+encoder writes for the row (tests/test_tasks.py pins it): a page needs no Python object per field.
 
 Routes call these and never build SQL or name bind parameters; this module knows nothing of
 HTTP. `db` is the pool (`Database`: each statement in autocommit) or a `Transaction`.
