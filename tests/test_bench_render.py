@@ -222,12 +222,13 @@ def _overload() -> Overload:
 
 
 def _table_shape(markdown: str) -> list[str]:
-    """The headings and every table's header row: what a report's reader navigates by."""
+    """The headings and every table's header row: what a report's reader navigates by (not the
+    title, which carries the run's own start time)."""
     lines = markdown.splitlines()
     return [
         line
         for n, line in enumerate(lines)
-        if line.startswith("#") or (line.startswith("| ") and lines[n + 1].startswith("|---"))
+        if line.startswith("##") or (line.startswith("| ") and lines[n + 1].startswith("|---"))
     ]
 
 
