@@ -52,15 +52,20 @@ lock: $(UV) ## refresh uv.lock on purpose: newest releases pyproject.toml allows
 migrate: $(RUNTIME) .env ## apply database migrations (embedded PostgreSQL when DATABASE_URL is unset)
 	$(BIN)/alembic upgrade head
 
-run: migrate serve ## install what runs, migrate, and serve on http://$(HOST):$(PORT) (OTEL=1: with tracing)
-
 # The production command (README, Deploy), without its drain by default: Ctrl-C stops a
 # developer's server at once. `make serve DRAIN_SECONDS=10` drains as production does.
 DRAIN_SECONDS ?= 0
+SERVE = DRAIN_SECONDS=$(DRAIN_SECONDS) $(BIN)/python -m backend serve --host $(HOST) --port $(PORT) \
+	--workers $(WORKERS) --no-access-log --timeout-graceful-shutdown 15 \
+	--http backend.admission:AdmissionHttpToolsProtocol --backlog 4096
+
+# Migrations in the serving process (`--migrate`): one interpreter and one start of the embedded
+# PostgreSQL, not two (`make migrate && make serve` does the same in two steps).
+run: $(RUNTIME) .env ## install what runs, migrate, and serve on http://$(HOST):$(PORT) (OTEL=1: with tracing)
+	$(SERVE) --migrate
+
 serve: $(RUNTIME) .env
-	DRAIN_SECONDS=$(DRAIN_SECONDS) $(BIN)/python -m backend serve --host $(HOST) --port $(PORT) \
-		--workers $(WORKERS) --no-access-log --timeout-graceful-shutdown 15 \
-		--http backend.admission:AdmissionHttpToolsProtocol --backlog 4096
+	$(SERVE)
 
 # USER is also the login name in the environment: only a USER given on the command line counts.
 token: $(RUNTIME) .env ## print a dev token: make token USER=<id>

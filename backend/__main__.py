@@ -1,7 +1,7 @@
-"""Commands: `python -m backend serve [uvicorn options]` (the production server: uvicorn, draining
-on SIGTERM; backend/serve.py), and two for developers that start no server and touch no
-database: `python -m backend token USER_ID` (a development token, for trying the API with curl)
-and `python -m backend openapi` (the API's OpenAPI document, as committed in
+"""Commands: `python -m backend serve [--migrate] [uvicorn options]` (the production server:
+uvicorn, draining on SIGTERM; backend/serve.py), and two for developers that start no server
+and touch no database: `python -m backend token USER_ID` (a development token, for trying the
+API with curl) and `python -m backend openapi` (the API's OpenAPI document, as committed in
 backend/openapi.json)."""
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     openapi = commands.add_parser("openapi", help="print the OpenAPI document (make contract)")
     openapi.add_argument("--output", type=Path, help="write it to this file instead")
-    commands.add_parser("serve", help="serve the API: uvicorn's options (--help), draining")
+    commands.add_parser(
+        "serve", help="serve the API: uvicorn's options (--help), draining; --migrate first"
+    )
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:  # the rest is uvicorn's CLI, parsed by uvicorn
         from backend import serve  # uvicorn and the app: only for this command

@@ -8,6 +8,9 @@ keeps serving for DRAIN_SECONDS. Then uvicorn's own shutdown runs: the listener 
 in-flight requests finish within `--timeout-graceful-shutdown`. A second signal ends the drain
 at once. DRAIN_SECONDS=0 is uvicorn's behaviour exactly.
 
+`--migrate` (ours, for `make run`) applies the migrations first, in this process
+(backend/migrate.py); the production command leaves it out, migrations being a release step.
+
 The options are uvicorn's CLI, unchanged (`UVICORN_*` variables, `--workers`, `--fd`, ...); the
 app is always backend.main:create_app. This module must not change how requests are served:
 it only decides when the server stops taking them. It imports little: every worker of
@@ -98,9 +101,26 @@ def _drain_seconds() -> float:
     return get_settings().drain_seconds
 
 
+MIGRATE = "--migrate"
+
+
 def main(args: Sequence[str]) -> None:
-    """Run uvicorn's own CLI on the app with `args`, its server and workers draining."""
+    """Run uvicorn's own CLI on the app with `args`, its server and workers draining; with
+    `--migrate` among them, after applying the migrations."""
     _drain_seconds()  # a bad DRAIN_SECONDS (or any setting) stops here, before a port is bound
+    if MIGRATE not in args:
+        _serve(args)
+        return
+    from backend.config import get_settings
+    from backend.migrate import upgrade_to_head
+
+    # An embedded PostgreSQL stays up for the app, which finds it running; the last process
+    # holding it stops it as it exits (the lifespan of one worker, or the supervisor of N).
+    upgrade_to_head(get_settings())
+    _serve([arg for arg in args if arg != MIGRATE])
+
+
+def _serve(args: Sequence[str]) -> None:
     # uvicorn has no option for its server class: its CLI and its supervisor build theirs from
     # these module names, so in this process (the server, nothing else) they name ours.
     cli: Any = importlib.import_module("uvicorn.main")  # the attribute uvicorn.main is a command

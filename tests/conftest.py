@@ -71,6 +71,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.db)
 
 
+def makefile_serve_command() -> str:
+    """What `make serve` runs (and `make run`, with `--migrate`): the Makefile's SERVE, one line."""
+    definition = (ROOT / "Makefile").read_text().split("\nSERVE = ", 1)[1]
+    lines = iter(definition.splitlines())
+    command = [line := next(lines)]
+    while line.endswith("\\"):
+        command.append(line := next(lines))
+    return " ".join(part.rstrip("\\").strip() for part in command)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (now)."""
     with socket.socket() as probe:

