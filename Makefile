@@ -28,10 +28,11 @@ $(UV):
 		  .uv/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION); }
 
 # What runs (make run, serve, migrate, token): the runtime dependencies only, plus the `otel`
-# extra with OTEL=1. --inexact: a venv that also holds the dev tools keeps them.
+# extra with OTEL=1. --inexact: a venv that also holds the dev tools keeps them. The code runs
+# from this tree (`python -m backend`), so the project itself is not built (3 s of a first run).
 RUNTIME := $(VENV)/.runtime$(if $(OTEL),-otel)
 $(RUNTIME): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --locked --python $(PYTHON) --inexact $(if $(OTEL),--extra otel)
+	$(UV) sync --locked --python $(PYTHON) --inexact --no-install-project $(if $(OTEL),--extra otel)
 	@touch $@
 
 # Everything else (tests, lint, types, e2e, bench): the dev tools and the otel extra too.
