@@ -20,13 +20,16 @@ _PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"  # [tool.
 
 
 def upgrade_to_head(settings: DatabaseSettings) -> None:
-    """Apply every migration, as `alembic upgrade head` would. With DATABASE_URL unset, the
-    embedded PostgreSQL it starts is left running: this process holds it until it exits."""
+    """Apply every migration to the database `settings` name, as `alembic upgrade head` would.
+    With DATABASE_URL unset, the embedded PostgreSQL it starts is left running: this process
+    holds it until it exits."""
     from alembic import command
     from alembic.config import Config
 
-    config = Config(toml_file=str(_PYPROJECT))
-    if settings.database_url is None and settings.database_url_unpooled is None:
+    url = settings.database_url_unpooled or settings.database_url  # as env.py chooses
+    if url is None:
         embedded = EmbeddedPostgres(embedded_data_dir(settings))  # stopped by the last one out
-        config.attributes[DATABASE_URL_ATTRIBUTE] = embedded.url()
+        url = embedded.url()
+    config = Config(toml_file=str(_PYPROJECT))
+    config.attributes[DATABASE_URL_ATTRIBUTE] = url
     command.upgrade(config, "head")

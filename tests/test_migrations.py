@@ -15,6 +15,8 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
+from backend.config import DatabaseSettings
+from backend.migrate import upgrade_to_head
 from tests.conftest import (
     ROOT,
     SERVE_CLI,
@@ -144,6 +146,19 @@ def test_a_bad_unpooled_url_stops_the_migration_with_one_line_naming_it() -> Non
         "configuration error: DATABASE_URL_UNPOOLED: must be a postgresql:// URL, not mysql://"
     )
     assert "hunter2" not in failed.value.stdout + failed.value.stderr
+
+
+async def test_upgrade_to_head_migrates_the_database_its_settings_name(
+    new_database: FreshDatabase,
+) -> None:
+    """What `serve --migrate` runs in its own process: the URL from the settings it is given
+    (the unpooled one first, as the CLI), never one from this process's environment."""
+    pooled, unpooled = await new_database(), await new_database()
+    settings = DatabaseSettings(_env_file=None, database_url=pooled, database_url_unpooled=unpooled)
+    await asyncio.to_thread(upgrade_to_head, settings)  # Alembic runs a loop of its own
+    assert set(await _tables(unpooled)) == HEAD_TABLES
+    assert await _version(unpooled) == [HEAD]
+    assert await _tables(pooled) == {}
 
 
 MIGRATE_AND_SERVE = (*SERVE_CLI, "--migrate")
