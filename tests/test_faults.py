@@ -27,7 +27,7 @@ from tests.conftest import (
     Headers,
     bearer,
     create_task,
-    run_alembic,
+    migrated_postgres,
     with_query,
 )
 
@@ -56,8 +56,7 @@ class Ledger:
 
 @pytest.fixture
 def crashable_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path / "crashable", delete_on_stop=True)
-    run_alembic(server.url(), "upgrade", "head")
+    server = migrated_postgres(tmp_path / "crashable")
     yield server
     server.stop()
 
