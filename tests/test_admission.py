@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,12 +33,10 @@ from backend.responses import JsonResponse
 from bench._openloop import Result, run_process
 from tests.conftest import ROOT, SECRET, VIA_PGBOUNCER, makefile_serve_command, serve
 
-pytestmark = [
-    # Admission sits in front of everything: the database route is not what these tests are about.
-    pytest.mark.skipif(VIA_PGBOUNCER, reason="admission, not the database route"),
-    # Their verdicts are latencies and shed counts against a fixed capacity.
-    pytest.mark.quiet,
-]
+# Admission sits in front of everything: the database route is not what these tests are about.
+pytestmark = pytest.mark.skipif(VIA_PGBOUNCER, reason="admission, not the database route")
+# Tests whose verdicts are latencies, deadlines and shed counts against a fixed capacity.
+timed = pytest.mark.quiet
 
 SLOW_SECONDS = 0.05
 CAPACITY = 2 / SLOW_SECONDS  # /slow: two at a time
@@ -135,6 +134,7 @@ def _admission(app: FastAPI) -> Admission:
     return admission
 
 
+@timed
 @pytest.mark.parametrize("door", DOORS)
 def test_past_capacity_the_excess_is_refused_and_the_rest_stays_fast(
     settings: Settings, door: str
@@ -150,13 +150,21 @@ def test_past_capacity_the_excess_is_refused_and_the_rest_stays_fast(
     assert _admission(app).in_flight == 0
 
 
+@timed
 def test_without_admission_the_same_load_waits_in_an_ever_longer_line(
     settings: Settings,
 ) -> None:
-    app, _ = _app(settings, admission_max_concurrency=0)
-    with serve(app) as url:
-        waiting = _offer(url, 2 * CAPACITY)
-        blocking = _offer_busy(url)
+    # The two loads at once, each on a server of its own: they wait, they hardly compute.
+    waiting_app, _ = _app(settings, admission_max_concurrency=0)
+    blocking_app, _ = _app(settings, admission_max_concurrency=0)
+    with (
+        serve(waiting_app) as waiting_url,
+        serve(blocking_app) as blocking_url,
+        ThreadPoolExecutor(1) as background,
+    ):
+        waiting_run = background.submit(_offer, waiting_url, 2 * CAPACITY)
+        blocking = _offer_busy(blocking_url)
+        waiting = waiting_run.result()
     for result in (waiting, blocking):
         assert result.shed == 0
         assert result.ok_p99_ms > SERVED_WITHIN_MS, result  # the bound admission holds, broken
@@ -165,6 +173,9 @@ def test_without_admission_the_same_load_waits_in_an_ever_longer_line(
     assert waiting.last_quarter_p50_ms > 2 * waiting.first_quarter_p50_ms, waiting
 
 
+# Its verdict is the event loop's own lag, which any neighbour's work stretches: run by itself.
+@timed
+@pytest.mark.alone
 @pytest.mark.parametrize("door", DOORS)
 def test_a_loop_too_busy_to_keep_time_sheds_too(settings: Settings, door: str) -> None:
     # Requests that never suspend (CPU only; here 10 ms of blocking each, 100/s) wait in the
@@ -178,6 +189,7 @@ def test_a_loop_too_busy_to_keep_time_sheds_too(settings: Settings, door: str) -
     assert loaded.ok_p99_ms <= SERVED_WITHIN_MS, loaded
 
 
+@timed
 @pytest.mark.parametrize("door", DOORS)
 def test_one_stall_of_the_loop_sheds_nothing(settings: Settings, door: str) -> None:
     # One request blocks the loop for longer than max_wait (a process descheduled once looks
@@ -197,6 +209,7 @@ def test_one_stall_of_the_loop_sheds_nothing(settings: Settings, door: str) -> N
     assert _admission(app).refused == 0
 
 
+@timed
 @pytest.mark.parametrize("door", DOORS)
 def test_below_capacity_nothing_is_shed(settings: Settings, door: str) -> None:
     app, _ = _app(settings, admission_max_concurrency=2, admission_max_wait_seconds=MAX_WAIT)
@@ -207,6 +220,7 @@ def test_below_capacity_nothing_is_shed(settings: Settings, door: str) -> None:
     assert result.ok_p99_ms <= 1000 * (SLOW_SECONDS + SLACK), result
 
 
+@timed
 @pytest.mark.parametrize("door", DOORS)
 def test_health_and_metrics_answer_while_requests_are_shed(settings: Settings, door: str) -> None:
     app, _ = _app(
@@ -246,6 +260,7 @@ def test_health_and_metrics_answer_while_requests_are_shed(settings: Settings, d
     assert f"http_requests_shed_total {float(admission.refused)}" in scraped, scraped
 
 
+@timed
 @pytest.mark.parametrize("door", DOORS)
 def test_a_refusal_is_our_503_before_auth_and_body_and_costs_no_request_work(
     settings: Settings, door: str
@@ -318,6 +333,7 @@ def test_a_connection_refused_on_stays_usable(settings: Settings, door: str) -> 
     assert _admission(app).in_flight == 0
 
 
+@timed
 @pytest.mark.parametrize("door", DOORS)
 def test_refusals_in_one_read_leave_no_keep_alive_timer_behind(
     settings: Settings, door: str
@@ -393,6 +409,7 @@ def _responses(conn: socket.socket, count: int) -> list[bytes]:
     return responses
 
 
+@timed
 @pytest.mark.parametrize("door", DOORS)
 def test_queueing_is_bounded_in_time_and_a_standing_queue_refuses_newcomers_at_once(
     settings: Settings, door: str
