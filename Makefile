@@ -208,10 +208,11 @@ NOT_GENERATED := $(addprefix --ignore=,$(GENERATED_TESTS))
 # workers, each with its own embedded PostgreSQL (a copy of one made and migrated once:
 # tests/conftest.py): TEST_WORKERS for the main pass, two for the short ones, where a worker's
 # start-up costs more than it saves. Tests marked `quiet` judge latency under load: they run
-# after the main pass, one at a time (two at a time failed one CI run in seven: a loop-lag p99
-# past its bound). Last, the tests that reach the database by the route under test (marked `db`
-# by tests/conftest.py) again, through PgBouncer in transaction mode, outside coverage: they
-# reach no line that the direct passes miss (the same report with them as without, 2026-12-02).
+# after the main pass, two at a time (they wait far more than they compute: 0.3 of a core),
+# and those also marked `alone` (the event loop's own lag, which a neighbour stretches) with no
+# other test. Last, the tests that reach the database by the route under test (marked `db` by
+# tests/conftest.py) again, through PgBouncer in transaction mode, outside coverage: they reach
+# no line that the direct passes miss (the same report with them as without, 2026-12-02).
 TEST_WORKERS ?= 4
 MAIN_PASS := -n $(TEST_WORKERS) --dist worksteal
 SHORT_PASS := -n 2 --dist worksteal
@@ -222,7 +223,8 @@ COVER := --cov --cov-report= --cov-fail-under=0
 NO_GENERATORS := -p no:schemathesis -p no:hypothesispytest $(NOT_GENERATED)
 test: $(TEST_DEPS) ## run the whole suite on a throwaway embedded PostgreSQL, direct and via PgBouncer
 	$(BIN)/pytest $(MAIN_PASS) $(COVER) -m "not quiet" $(NOT_IN_TEST) $(NO_GENERATORS) $(PYTEST_ARGS)
-	$(BIN)/pytest $(COVER) --cov-append -m quiet $(NOT_IN_TEST) $(NO_GENERATORS) $(PYTEST_ARGS)
+	$(BIN)/pytest $(SHORT_PASS) $(COVER) --cov-append -m "quiet and not alone" $(NOT_IN_TEST) $(NO_GENERATORS) $(PYTEST_ARGS)
+	$(BIN)/pytest $(COVER) --cov-append -m alone $(NOT_IN_TEST) $(NO_GENERATORS) $(PYTEST_ARGS)
 	$(BIN)/pytest $(SHORT_PASS) $(GENERATED_TESTS) $(PYTEST_ARGS)
 	@if [ -n "$(HAVE_PGBOUNCER)" ]; then \
 		echo "TEST_DATABASE_ROUTE=pgbouncer $(BIN)/pytest $(SHORT_PASS) -m db ..."; \
