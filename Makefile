@@ -206,13 +206,14 @@ NOT_GENERATED := $(addprefix --ignore=,$(GENERATED_TESTS))
 
 # Most tests wait on real processes (servers, PostgreSQL, Locust), so they run on pytest-xdist
 # workers, each with its own embedded PostgreSQL (a copy of one made and migrated once:
-# tests/conftest.py): TEST_WORKERS for the main pass, two for the short ones, where a worker's
-# start-up costs more than it saves. Tests marked `quiet` judge latency under load: they run
-# after the main pass, two at a time (they wait far more than they compute: 0.3 of a core),
-# and those also marked `alone` (the event loop's own lag, which a neighbour stretches) with no
-# other test. Last, the tests that reach the database by the route under test (marked `db` by
-# tests/conftest.py) again, through PgBouncer in transaction mode, outside coverage: they reach
-# no line that the direct passes miss (the same report with them as without, 2026-12-02).
+# tests/conftest.py): TEST_WORKERS for the main pass, two for the others. Tests marked `quiet`
+# judge latency under load: they run after the main pass, two at a time. They wait far more
+# than they compute (0.3 of a core), so beside them, at the lowest CPU priority (nice 19: a
+# quiet test that wakes gets a core first), the generated-input tests run, and then the tests
+# that reach the database by the route under test (marked `db` by tests/conftest.py) again,
+# through PgBouncer in transaction mode, also outside coverage: it reaches no line that the
+# other passes miss (the same report with it as without, 2026-12-02). Last, the quiet tests
+# also marked `alone` (the event loop's own lag, which any neighbour stretches).
 TEST_WORKERS ?= 4
 MAIN_PASS := -n $(TEST_WORKERS) --dist worksteal
 SHORT_PASS := -n 2 --dist worksteal
@@ -221,17 +222,26 @@ COVER := --cov --cov-report= --cov-fail-under=0
 # schemathesis' and hypothesis' pytest plugins, 1.4 s of CPU in each pytest process's start:
 # only the generated-input tests use them.
 NO_GENERATORS := -p no:schemathesis -p no:hypothesispytest $(NOT_GENERATED)
+QUIET_PASS := $(BIN)/pytest $(SHORT_PASS) $(COVER) --cov-append -m "quiet and not alone" \
+	$(NOT_IN_TEST) $(NO_GENERATORS) $(PYTEST_ARGS)
+# What runs beside the quiet tests, with a pytest temporary directory of its own: a session
+# prunes the numbered ones, which another session may still be using.
+BESIDE_QUIET_TMP := --basetemp=.cache/pytest-beside-quiet
+BESIDE_QUIET = $(BIN)/pytest $(SHORT_PASS) $(BESIDE_QUIET_TMP) $(GENERATED_TESTS) $(PYTEST_ARGS) && \
+	$(if $(HAVE_PGBOUNCER),TEST_DATABASE_ROUTE=pgbouncer $(BIN)/pytest $(SHORT_PASS) $(BESIDE_QUIET_TMP) \
+		-m db $(NOT_IN_TEST) $(NO_GENERATORS) $(PYTEST_ARGS),echo "SKIPPED the PgBouncer pass: \
+		pgbouncer is not installed (brew install pgbouncer, or apt-get install pgbouncer)")
+BESIDE_QUIET_LOG := .cache/test-beside-quiet.log
 test: $(TEST_DEPS) ## run the whole suite on a throwaway embedded PostgreSQL, direct and via PgBouncer
 	$(BIN)/pytest $(MAIN_PASS) $(COVER) -m "not quiet" $(NOT_IN_TEST) $(NO_GENERATORS) $(PYTEST_ARGS)
-	$(BIN)/pytest $(SHORT_PASS) $(COVER) --cov-append -m "quiet and not alone" $(NOT_IN_TEST) $(NO_GENERATORS) $(PYTEST_ARGS)
+	@mkdir -p $(dir $(BESIDE_QUIET_LOG))
+	@echo 'beside the next pass, at nice 19, into $(BESIDE_QUIET_LOG): $(BESIDE_QUIET)'
+	@echo '$(QUIET_PASS)'
+	@nice -n 19 bash -c '$(BESIDE_QUIET)' > $(BESIDE_QUIET_LOG) 2>&1 & beside=$$!; \
+		$(QUIET_PASS); quiet=$$?; \
+		wait $$beside; beside_passes=$$?; cat $(BESIDE_QUIET_LOG); \
+		[ $$quiet -eq 0 ] && [ $$beside_passes -eq 0 ]
 	$(BIN)/pytest $(COVER) --cov-append -m alone $(NOT_IN_TEST) $(NO_GENERATORS) $(PYTEST_ARGS)
-	$(BIN)/pytest $(SHORT_PASS) $(GENERATED_TESTS) $(PYTEST_ARGS)
-	@if [ -n "$(HAVE_PGBOUNCER)" ]; then \
-		echo "TEST_DATABASE_ROUTE=pgbouncer $(BIN)/pytest $(SHORT_PASS) -m db ..."; \
-		TEST_DATABASE_ROUTE=pgbouncer $(BIN)/pytest $(SHORT_PASS) -m db $(NOT_IN_TEST) $(NO_GENERATORS) $(PYTEST_ARGS); \
-	else \
-		echo "SKIPPED the PgBouncer pass: pgbouncer is not installed (brew install pgbouncer, or apt-get install pgbouncer)"; \
-	fi
 	$(BIN)/coverage report
 
 fuzz: $(TEST_DEPS) ## the long contract fuzz + stateful run (minutes)
