@@ -18,7 +18,7 @@ PORT ?= 8000
 WORKERS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock run serve migrate token test pgbouncer redis-server haproxy cluster fuzz bench mutate check lint types format clean example e2e chromium contract container-tools container-base image
+.PHONY: help install lock run serve migrate token test quiet-tests beside-quiet-tests pgbouncer redis-server haproxy cluster fuzz bench mutate check lint types format clean example e2e chromium contract container-tools container-base image
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -222,27 +222,30 @@ COVER := --cov --cov-report= --cov-fail-under=0
 # schemathesis' and hypothesis' pytest plugins, 1.4 s of CPU in each pytest process's start:
 # only the generated-input tests use them.
 NO_GENERATORS := -p no:schemathesis -p no:hypothesispytest $(NOT_GENERATED)
-QUIET_PASS := $(BIN)/pytest $(SHORT_PASS) $(COVER) --cov-append -m "quiet and not alone" \
-	$(NOT_IN_TEST) $(NO_GENERATORS) $(PYTEST_ARGS)
-# What runs beside the quiet tests, with a pytest temporary directory of its own: a session
-# prunes the numbered ones, which another session may still be using.
-BESIDE_QUIET_TMP := --basetemp=.cache/pytest-beside-quiet
-BESIDE_QUIET = $(BIN)/pytest $(SHORT_PASS) $(BESIDE_QUIET_TMP) $(GENERATED_TESTS) $(PYTEST_ARGS) && \
-	$(if $(HAVE_PGBOUNCER),TEST_DATABASE_ROUTE=pgbouncer $(BIN)/pytest $(SHORT_PASS) $(BESIDE_QUIET_TMP) \
-		-m db $(NOT_IN_TEST) $(NO_GENERATORS) $(PYTEST_ARGS),echo "SKIPPED the PgBouncer pass: \
-		pgbouncer is not installed (brew install pgbouncer, or apt-get install pgbouncer)")
-BESIDE_QUIET_LOG := .cache/test-beside-quiet.log
 test: $(TEST_DEPS) ## run the whole suite on a throwaway embedded PostgreSQL, direct and via PgBouncer
 	$(BIN)/pytest $(MAIN_PASS) $(COVER) -m "not quiet" $(NOT_IN_TEST) $(NO_GENERATORS) $(PYTEST_ARGS)
-	@mkdir -p $(dir $(BESIDE_QUIET_LOG))
-	@echo 'beside the next pass, at nice 19, into $(BESIDE_QUIET_LOG): $(BESIDE_QUIET)'
-	@echo '$(QUIET_PASS)'
-	@nice -n 19 bash -c '$(BESIDE_QUIET)' > $(BESIDE_QUIET_LOG) 2>&1 & beside=$$!; \
-		$(QUIET_PASS); quiet=$$?; \
-		wait $$beside; beside_passes=$$?; cat $(BESIDE_QUIET_LOG); \
-		[ $$quiet -eq 0 ] && [ $$beside_passes -eq 0 ]
+	@$(MAKE) --no-print-directory -j2 quiet-tests beside-quiet-tests
 	$(BIN)/pytest $(COVER) --cov-append -m alone $(NOT_IN_TEST) $(NO_GENERATORS) $(PYTEST_ARGS)
 	$(BIN)/coverage report
+
+# make test's middle, two targets that make runs at once (-j2).
+quiet-tests: $(TEST_DEPS)
+	$(BIN)/pytest $(SHORT_PASS) $(COVER) --cov-append -m "quiet and not alone" $(NOT_IN_TEST) $(NO_GENERATORS) $(PYTEST_ARGS)
+
+# Its output is held in a file and shown when it ends, after the quiet tests' own; a pytest
+# temporary directory of its own, since a session prunes numbered ones another may be using.
+BESIDE_QUIET_LOG := .cache/test-beside-quiet.log
+BESIDE_QUIET := nice -n 19 $(BIN)/pytest $(SHORT_PASS) --basetemp=.cache/pytest-beside-quiet
+beside-quiet-tests: $(TEST_DEPS)
+	@mkdir -p $(dir $(BESIDE_QUIET_LOG))
+	@echo "$(BESIDE_QUIET) ... (output in $(BESIDE_QUIET_LOG) until it ends)"
+	@{ $(BESIDE_QUIET) $(GENERATED_TESTS) $(PYTEST_ARGS) && \
+	if [ -n "$(HAVE_PGBOUNCER)" ]; then \
+		echo "TEST_DATABASE_ROUTE=pgbouncer $(BESIDE_QUIET) -m \"db and not quiet\" ..."; \
+		TEST_DATABASE_ROUTE=pgbouncer $(BESIDE_QUIET) -m "db and not quiet" $(NOT_IN_TEST) $(NO_GENERATORS) $(PYTEST_ARGS); \
+	else \
+		echo "SKIPPED the PgBouncer pass: pgbouncer is not installed (brew install pgbouncer, or apt-get install pgbouncer)"; \
+	fi; } > $(BESIDE_QUIET_LOG) 2>&1; passed=$$?; cat $(BESIDE_QUIET_LOG); exit $$passed
 
 fuzz: $(TEST_DEPS) ## the long contract fuzz + stateful run (minutes)
 	FUZZ_EXAMPLES=1500 STATEFUL_EXAMPLES=400 STATEFUL_STEPS=50 \
