@@ -31,12 +31,13 @@ from backend.config import Settings
 from backend.main import create_app
 from backend.responses import JsonResponse
 from bench._openloop import Result, run_process
-from tests.conftest import ROOT, SECRET, VIA_PGBOUNCER, makefile_serve_command, serve
+from tests.conftest import ROOT, SECRET, VIA_PGBOUNCER, make_dry_run, serve
 
 # Admission sits in front of everything: the database route is not what these tests are about.
 pytestmark = pytest.mark.skipif(VIA_PGBOUNCER, reason="admission, not the database route")
-# Tests whose verdicts are latencies, deadlines and shed counts against a fixed capacity.
-timed = pytest.mark.quiet
+# Tests whose verdicts are latencies, deadlines and shed counts against a fixed capacity are
+# marked quiet; those that judge the event loop's own lag, which any neighbour's work
+# stretches, alone too (pyproject.toml says how make test runs each).
 
 SLOW_SECONDS = 0.05
 CAPACITY = 2 / SLOW_SECONDS  # /slow: two at a time
@@ -134,7 +135,7 @@ def _admission(app: FastAPI) -> Admission:
     return admission
 
 
-@timed
+@pytest.mark.quiet
 @pytest.mark.parametrize("door", DOORS)
 def test_past_capacity_the_excess_is_refused_and_the_rest_stays_fast(
     settings: Settings, door: str
@@ -150,7 +151,7 @@ def test_past_capacity_the_excess_is_refused_and_the_rest_stays_fast(
     assert _admission(app).in_flight == 0
 
 
-@timed
+@pytest.mark.quiet
 def test_without_admission_the_same_load_waits_in_an_ever_longer_line(
     settings: Settings,
 ) -> None:
@@ -173,8 +174,7 @@ def test_without_admission_the_same_load_waits_in_an_ever_longer_line(
     assert waiting.last_quarter_p50_ms > 2 * waiting.first_quarter_p50_ms, waiting
 
 
-# Its verdict is the event loop's own lag, which any neighbour's work stretches: run by itself.
-@timed
+@pytest.mark.quiet
 @pytest.mark.alone
 @pytest.mark.parametrize("door", DOORS)
 def test_a_loop_too_busy_to_keep_time_sheds_too(settings: Settings, door: str) -> None:
@@ -189,7 +189,8 @@ def test_a_loop_too_busy_to_keep_time_sheds_too(settings: Settings, door: str) -
     assert loaded.ok_p99_ms <= SERVED_WITHIN_MS, loaded
 
 
-@timed
+@pytest.mark.quiet
+@pytest.mark.alone
 @pytest.mark.parametrize("door", DOORS)
 def test_one_stall_of_the_loop_sheds_nothing(settings: Settings, door: str) -> None:
     # One request blocks the loop for longer than max_wait (a process descheduled once looks
@@ -209,7 +210,7 @@ def test_one_stall_of_the_loop_sheds_nothing(settings: Settings, door: str) -> N
     assert _admission(app).refused == 0
 
 
-@timed
+@pytest.mark.quiet
 @pytest.mark.parametrize("door", DOORS)
 def test_below_capacity_nothing_is_shed(settings: Settings, door: str) -> None:
     app, _ = _app(settings, admission_max_concurrency=2, admission_max_wait_seconds=MAX_WAIT)
@@ -220,7 +221,7 @@ def test_below_capacity_nothing_is_shed(settings: Settings, door: str) -> None:
     assert result.ok_p99_ms <= 1000 * (SLOW_SECONDS + SLACK), result
 
 
-@timed
+@pytest.mark.quiet
 @pytest.mark.parametrize("door", DOORS)
 def test_health_and_metrics_answer_while_requests_are_shed(settings: Settings, door: str) -> None:
     app, _ = _app(
@@ -260,7 +261,7 @@ def test_health_and_metrics_answer_while_requests_are_shed(settings: Settings, d
     assert f"http_requests_shed_total {float(admission.refused)}" in scraped, scraped
 
 
-@timed
+@pytest.mark.quiet
 @pytest.mark.parametrize("door", DOORS)
 def test_a_refusal_is_our_503_before_auth_and_body_and_costs_no_request_work(
     settings: Settings, door: str
@@ -333,7 +334,7 @@ def test_a_connection_refused_on_stays_usable(settings: Settings, door: str) -> 
     assert _admission(app).in_flight == 0
 
 
-@timed
+@pytest.mark.quiet
 @pytest.mark.parametrize("door", DOORS)
 def test_refusals_in_one_read_leave_no_keep_alive_timer_behind(
     settings: Settings, door: str
@@ -409,7 +410,7 @@ def _responses(conn: socket.socket, count: int) -> list[bytes]:
     return responses
 
 
-@timed
+@pytest.mark.quiet
 @pytest.mark.parametrize("door", DOORS)
 def test_queueing_is_bounded_in_time_and_a_standing_queue_refuses_newcomers_at_once(
     settings: Settings, door: str
@@ -490,5 +491,6 @@ def test_admission_is_on_by_default_and_the_makefile_serves_through_the_parser_d
     off = defaults.model_copy(update={"admission_max_concurrency": 0})
     assert AdmissionLimits.from_settings(off) is None
     assert create_app(off).state.admission is None
-    recipe = makefile_serve_command()
-    assert "--http backend.admission:AdmissionHttpToolsProtocol --backlog 4096" in recipe
+    for target in ("serve", "run"):
+        recipe = make_dry_run(target)
+        assert "--http backend.admission:AdmissionHttpToolsProtocol --backlog 4096" in recipe

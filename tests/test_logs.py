@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SECRET, free_port, makefile_serve_command
+from tests.conftest import SECRET, free_port, make_dry_run
 
 MAKEFILE_SERVE_FLAGS = ("-m backend serve", "--no-access-log", "--timeout-graceful-shutdown")
 
@@ -52,8 +52,9 @@ def _serve(database_url: str, tmp_path: Path, *flags: str, **env: str) -> str:
     return log.read_text()
 
 
-def test_the_makefile_serves_without_access_log() -> None:
-    recipe = makefile_serve_command()
+@pytest.mark.parametrize("target", ["serve", "run"])
+def test_the_makefile_serves_without_access_log(target: str) -> None:
+    recipe = make_dry_run(target)
     for flag in MAKEFILE_SERVE_FLAGS:
         assert flag in recipe
 

@@ -23,6 +23,7 @@ from tests.conftest import (
     VIA_PGBOUNCER,
     FreshDatabase,
     bearer,
+    make_dry_run,
     run_alembic,
     uvicorn_process,
 )
@@ -159,6 +160,13 @@ async def test_upgrade_to_head_migrates_the_database_its_settings_name(
     assert set(await _tables(unpooled)) == HEAD_TABLES
     assert await _version(unpooled) == [HEAD]
     assert await _tables(pooled) == {}
+
+
+def test_make_run_migrates_in_the_serving_process_and_make_serve_does_not() -> None:
+    (run,) = [line for line in make_dry_run("run").splitlines() if "-m backend serve" in line]
+    (serve,) = [line for line in make_dry_run("serve").splitlines() if "-m backend serve" in line]
+    assert run.endswith(" --migrate")
+    assert run.removesuffix(" --migrate") == serve
 
 
 MIGRATE_AND_SERVE = (*SERVE_CLI, "--migrate")
