@@ -112,11 +112,14 @@ def main(args: Sequence[str]) -> None:
         _serve(args)
         return
     from backend.config import get_settings
+    from backend.logs import configure_logging
     from backend.migrate import upgrade_to_head
 
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)  # Alembic's lines, as the app's
     # An embedded PostgreSQL stays up for the app, which finds it running; the last process
     # holding it stops it as it exits (the lifespan of one worker, or the supervisor of N).
-    upgrade_to_head(get_settings())
+    upgrade_to_head(settings)
     _serve([arg for arg in args if arg != MIGRATE])
 
 
