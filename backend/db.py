@@ -15,7 +15,7 @@ import asyncio
 import enum
 import logging
 import warnings
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,19 +124,27 @@ class Database:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._budget
-        delay = 0.05
+        delays = backoff()
         while True:
             try:
                 # No timeout here: under the gate no one waits for a connection, and opening
                 # one is bounded by DB_CONNECT_TIMEOUT_SECONDS.
                 return await self.pool.acquire()
             except Exception as exc:
+                delay = next(delays)
                 unreachable = database_trouble(exc) is Trouble.UNREACHABLE
                 if not unreachable or loop.time() + delay > deadline:
                     raise
                 logger.info("database unreachable (%s); retry in %.2f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+
+
+def backoff(first: float = 0.05, cap: float = 1.0) -> Iterator[float]:
+    """Waits between connection attempts: doubling from `first`, then `cap` for ever."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * 2, cap)
 
 
 class Executor(Protocol):

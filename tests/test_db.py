@@ -14,9 +14,10 @@ import pytest
 from sqlalchemy import bindparam, select
 
 from backend.config import Settings
-from backend.db import Database, Sql, Trouble, database_trouble
+from backend.database_url import normalise_url
+from backend.db import Database, Sql, Trouble, backoff, database_trouble
 from backend.models import tasks
-from tests.conftest import UNREACHABLE_DATABASE
+from tests.conftest import SECRET, UNREACHABLE_DATABASE
 
 
 def test_compiled_statements_keep_their_literal_values() -> None:
@@ -31,10 +32,12 @@ def test_compiled_statements_keep_their_literal_values() -> None:
         sql.args({})
 
 
-def _wrapped(error: BaseException) -> BaseException:
-    outer: BaseException = asyncpg.InterfaceError("wrapper")
-    outer.__cause__ = error
-    return outer
+def _wrapped(error: BaseException, depth: int = 1) -> BaseException:
+    for _ in range(depth):
+        outer: BaseException = asyncpg.InterfaceError("wrapper")
+        outer.__cause__ = error
+        error = outer
+    return error
 
 
 @pytest.mark.parametrize(
@@ -64,6 +67,88 @@ def _wrapped(error: BaseException) -> BaseException:
 )
 def test_trouble_or_bug(error: BaseException, trouble: Trouble | None) -> None:
     assert database_trouble(error) is trouble
+
+
+def test_the_cause_chain_is_searched_five_deep_and_a_cycle_ends() -> None:
+    assert database_trouble(_wrapped(ConnectionResetError(), depth=4)) is Trouble.UNREACHABLE
+    assert database_trouble(_wrapped(ConnectionResetError(), depth=5)) is None
+    looped = asyncpg.InterfaceError("wrapper")
+    looped.__context__ = looped
+    assert database_trouble(looped) is None
+
+
+def test_retries_back_off_doubling_up_to_a_second() -> None:
+    assert list(itertools.islice(backoff(), 8)) == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
+
+
+async def test_the_pool_is_built_from_the_settings(
+    direct_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    knobs = {
+        "db_pool_size": 2,
+        "db_pool_timeout_seconds": 0.2,
+        "db_command_timeout_seconds": 0.3,
+        "idempotency_wait_seconds": 0.1,  # must be below the command timeout
+        "db_statement_cache": False,
+    }
+    settings = Settings(_env_file=None, better_auth_secret=SECRET, **knobs)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="backend.db"):
+        database = await Database.open(settings, direct_database_url)
+    try:
+        assert [r.getMessage() for r in caplog.records if r.name == "backend.db"] == [
+            f"database TLS: {normalise_url(direct_database_url).tls}"
+        ]
+        assert database.pool.get_max_size() == 2
+        async with database.connection() as connection:
+            assert await connection.fetchval("SHOW application_name") == "todo-api"
+            # DB_STATEMENT_CACHE=false: nothing stays prepared on the server (as a
+            # transaction-mode pooler needs), though the same statement ran twice.
+            await connection.fetchval("SELECT $1::int", 1)
+            await connection.fetchval("SELECT $1::int", 1)
+            assert await connection.fetchval("SELECT count(*) FROM pg_prepared_statements") == 0
+            # Session state outlives a release: no reset query per request (see _keep_session).
+            await connection.execute("SET work_mem = '7MB'")
+            backend_pid = connection.get_server_pid()
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):  # DB_COMMAND_TIMEOUT_SECONDS
+                await connection.fetchval("SELECT pg_sleep(5)")
+            assert time.monotonic() - started < 2
+        async with database.connection() as first, database.connection() as second:
+            kept = first if first.get_server_pid() == backend_pid else second
+            assert await kept.fetchval("SHOW work_mem") == "7MB"
+
+            async def a_third() -> None:
+                async with database.connection():
+                    pass
+
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):  # DB_POOL_TIMEOUT_SECONDS: both are taken
+                await asyncio.wait_for(a_third(), timeout=3)
+            assert 0.15 < time.monotonic() - started < 2
+    finally:
+        await database.close()
+
+
+async def test_a_server_that_never_answers_times_out_the_connect() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # reads the startup message and never replies
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"postgresql://u:p@127.0.0.1:{port}/app"
+    knobs = {"db_connect_timeout_seconds": 0.3, "db_connect_budget_seconds": 0}
+    settings = Settings(_env_file=None, better_auth_secret=SECRET, **knobs)  # type: ignore[arg-type]
+    database = await Database.open(settings, url)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(database.fetch(Sql.of(select(tasks.c.id)), {}), timeout=5)
+        assert time.monotonic() - started < 2  # the connect's own timeout, not wait_for's
+    finally:
+        await database.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_connections_are_handed_out_in_arrival_order(settings: Settings) -> None:
