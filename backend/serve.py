@@ -102,14 +102,15 @@ def _drain_seconds() -> float:
 
 
 MIGRATE = "--migrate"
+_PRINT_AND_EXIT = frozenset({"--help", "--version"})  # uvicorn's options that print and exit
 
 
 def main(args: Sequence[str]) -> None:
     """Run uvicorn's own CLI on the app with `args`, its server and workers draining; with
     `--migrate` among them, after applying the migrations."""
     _drain_seconds()  # a bad DRAIN_SECONDS (or any setting) stops here, before a port is bound
-    if MIGRATE not in args:
-        _serve(args)
+    if MIGRATE not in args or not _PRINT_AND_EXIT.isdisjoint(args):  # --help migrates nothing
+        _serve([arg for arg in args if arg != MIGRATE])
         return
     from backend.config import get_settings
     from backend.logs import configure_logging

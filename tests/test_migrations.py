@@ -5,8 +5,10 @@ instances migrating at once, DATABASE_URL_UNPOOLED taking the migrations, and `m
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import asyncpg
@@ -19,7 +21,9 @@ from backend.config import DatabaseSettings
 from backend.migrate import upgrade_to_head
 from tests.conftest import (
     ROOT,
+    SECRET,
     SERVE_CLI,
+    UNREACHABLE_DATABASE,
     VIA_PGBOUNCER,
     FreshDatabase,
     bearer,
@@ -170,6 +174,27 @@ def test_make_run_migrates_in_the_serving_process_and_make_serve_does_not() -> N
 
 
 MIGRATE_AND_SERVE = (*SERVE_CLI, "--migrate")
+
+
+@pytest.mark.parametrize("option", ["--help", "--version"])
+def test_serve_migrate_help_answers_and_migrates_nothing(option: str) -> None:
+    unreachable = {
+        "DATABASE_URL": UNREACHABLE_DATABASE,
+        "DATABASE_URL_UNPOOLED": UNREACHABLE_DATABASE,
+    }
+    done = subprocess.run(  # noqa: S603 (our own interpreter and fixed arguments)
+        [sys.executable, *MIGRATE_AND_SERVE, option],
+        cwd=ROOT,
+        env={**os.environ, "BETTER_AUTH_SECRET": SECRET, **unreachable},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert ("Usage: python -m backend serve" if option == "--help" else "uvicorn") in done.stdout
+    assert done.stderr == ""  # no Alembic, no connection attempt
+
+
 NO_DRAIN = {"DRAIN_SECONDS": "0"}  # stopped at once: the drain is tests/test_drain.py's
 
 
