@@ -159,7 +159,12 @@ async def uvicorn_process(
     finally:
         if server.returncode is None:
             server.terminate()
-        await asyncio.wait_for(server.wait(), 30)
+        try:
+            await asyncio.wait_for(server.wait(), 30)
+        except TimeoutError:
+            server.kill()  # a hung shutdown fails its test, and leaves no process behind
+            await server.wait()
+            raise
 
 
 def run_pgbouncer(postgres: EmbeddedPostgres, workdir: Path, settings: str = "") -> Iterator[str]:

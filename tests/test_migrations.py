@@ -5,6 +5,7 @@ instances migrating at once, DATABASE_URL_UNPOOLED taking the migrations, and `m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -227,14 +228,30 @@ async def test_serve_migrate_starts_the_embedded_postgres_once_and_stops_it_with
     serving = uvicorn_process(
         "", tmp_path, "--workers", str(workers), cli=MIGRATE_AND_SERVE, env=NO_DRAIN
     )
-    async with serving as (url, server):
-        async with httpx.AsyncClient(base_url=url) as client:
-            for _ in range(workers):  # on each worker, likely
-                created = await client.post(
-                    "/api/alice/tasks", json={"title": "a"}, headers=bearer("alice")
-                )
-                assert created.status_code == 201, created.text
-        assert (data / "postmaster.pid").exists()
-    assert server.returncode == (-signal.SIGTERM if workers == 1 else 0)
-    assert (data / "log").read_text().count("ready to accept connections") == 1
-    assert not (data / "postmaster.pid").exists()  # stopped, not left running
+    try:
+        async with serving as (url, server):
+            async with httpx.AsyncClient(base_url=url) as client:
+                for _ in range(workers):  # on each worker, likely
+                    created = await client.post(
+                        "/api/alice/tasks", json={"title": "a"}, headers=bearer("alice")
+                    )
+                    assert created.status_code == 201, created.text
+            assert (data / "postmaster.pid").exists()
+        assert server.returncode == (-signal.SIGTERM if workers == 1 else 0)
+        assert (data / "log").read_text().count("ready to accept connections") == 1
+        assert not (data / "postmaster.pid").exists()  # stopped, not left running
+    finally:
+        await _stop_if_left_running(data)
+
+
+async def _stop_if_left_running(data: Path) -> None:
+    """A failed run must not leave its PostgreSQL behind: a fast shutdown, waited for."""
+    pid_file = data / "postmaster.pid"
+    if not pid_file.exists():
+        return
+    with contextlib.suppress(ProcessLookupError, ValueError):
+        os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
+    for _ in range(100):
+        if not pid_file.exists():
+            return
+        await asyncio.sleep(0.1)
