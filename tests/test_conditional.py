@@ -4,6 +4,7 @@ If-None-Match revalidates a task or a list (304), never across users."""
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import httpx
@@ -145,10 +146,23 @@ async def test_if_match_on_a_task_that_is_not_yours_is_404_like_no_task_at_all(
     assert await db.fetch("SELECT title, completed, version FROM tasks") == before
 
 
+NOT_TAGS = "{} must be * or a list of quoted entity tags, as the ETag header gives them."
+
+
 @pytest.mark.parametrize("header", ["If-Match", "If-None-Match"])
-@pytest.mark.parametrize("value", ["1.1", '"unterminated', '"a" "b"', "", 'W/ "x"'])
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [
+        ("1.1", NOT_TAGS),
+        ('"unterminated', NOT_TAGS),
+        ('"a" "b"', NOT_TAGS),
+        ('W/ "x"', NOT_TAGS),
+        ("", "{} is empty."),
+        (" , ,", "{} is empty."),
+    ],
+)
 async def test_malformed_precondition_headers_are_400(
-    client: httpx.AsyncClient, db: Database, alice: Headers, header: str, value: str
+    client: httpx.AsyncClient, db: Database, alice: Headers, header: str, value: str, detail: str
 ) -> None:
     url = (await create_task(client, alice)).headers["Location"]
     if header == "If-Match":
@@ -157,7 +171,7 @@ async def test_malformed_precondition_headers_are_400(
         response = await client.get(url, headers=alice | {header: value})
     assert response.status_code == 400, value
     assert response.json()["code"] == "invalid_precondition"
-    assert header in response.json()["detail"]
+    assert response.json()["detail"] == detail.format(header)
     assert await db.fetch("SELECT title FROM tasks") == [("t",)]
 
 
@@ -210,6 +224,7 @@ async def test_the_list_etag_follows_every_change_of_that_users_tasks_only(
 
     listed = await client.get(TASKS, headers=alice)
     etag = listed.headers["ETag"]
+    assert re.fullmatch(r'"[0-9a-f]{32}"', etag), etag  # a strong tag: 128 bits of BLAKE2b
     assert listed.headers["Cache-Control"] == "private, no-cache"
     unchanged = await revalidate(etag)
     assert (unchanged.status_code, unchanged.content, unchanged.headers["ETag"]) == (304, b"", etag)
