@@ -12,6 +12,7 @@ import importlib.metadata
 import itertools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,9 +20,9 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote
 
 import asyncpg
@@ -51,17 +52,52 @@ def pytest_configure(config: pytest.Config) -> None:
     directory, since pytest prunes the shared numbered ones at start and a session whose
     directory vanished would fail, which a mutation tool counts as a killed mutant."""
     if os.environ.get("MUTANT_UNDER_TEST") and config.option.basetemp is None:
-        config.option.basetemp = config.stash[_MUTANT_BASETEMP] = tempfile.mkdtemp(
-            prefix="pytest-mutant-"
+        _sweep_dead_mutant_sessions()
+        basetemp = config.option.basetemp = config.stash[_MUTANT_BASETEMP] = tempfile.mkdtemp(
+            prefix=_MUTANT_PREFIX
         )
+        # Beside the directory (pytest empties it), held for as long as this process lives:
+        # the kernel lets go of the lock however the process ends.
+        owner = Path(f"{basetemp}{_OWNER}").open("w")  # noqa: SIM115 (closed in unconfigure)
+        config.stash[_MUTANT_OWNER] = owner
+        fcntl.flock(owner, fcntl.LOCK_EX)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if (basetemp := config.stash.get(_MUTANT_BASETEMP, None)) is not None:
         shutil.rmtree(basetemp, ignore_errors=True)
+        Path(f"{basetemp}{_OWNER}").unlink(missing_ok=True)
+        config.stash[_MUTANT_OWNER].close()
+
+
+def _sweep_dead_mutant_sessions() -> None:
+    """A mutant session that timed out was killed before its fixtures could stop their
+    PostgreSQL servers: stop those (fast shutdown) and drop their directories, once the
+    session that owned them is gone (its lock is free)."""
+    for basetemp in Path(tempfile.gettempdir()).glob(f"{_MUTANT_PREFIX}*"):
+        if basetemp.suffix == _OWNER:
+            continue
+        lock = Path(f"{basetemp}{_OWNER}")
+        try:
+            with lock.open("r") as owner:
+                fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except FileNotFoundError:
+            with suppress(FileNotFoundError):  # (or removed by its session meanwhile)
+                if time.time() - basetemp.stat().st_mtime < 60:
+                    continue  # just made: its session has yet to take the lock
+        except BlockingIOError:
+            continue  # its session is still running
+        for pid_file in basetemp.glob("**/postmaster.pid"):
+            with suppress(OSError, ValueError, IndexError):
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
+        shutil.rmtree(basetemp, ignore_errors=True)
+        lock.unlink(missing_ok=True)
 
 
 _MUTANT_BASETEMP = pytest.StashKey[str]()
+_MUTANT_PREFIX = "pytest-mutant-"
+_MUTANT_OWNER = pytest.StashKey[IO[str]]()
+_OWNER = ".lock"  # <directory>.lock: locked by the pytest session using the directory
 
 # Fixtures through which a test's app reaches PostgreSQL by the route under test.
 _ROUTED_FIXTURES = frozenset({"database_url"})
