@@ -124,13 +124,14 @@ class Database:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._budget
-        delays = backoff()
+        delays: Iterator[float] | None = None  # made on a first failure: not per request
         while True:
             try:
                 # No timeout here: under the gate no one waits for a connection, and opening
                 # one is bounded by DB_CONNECT_TIMEOUT_SECONDS.
                 return await self.pool.acquire()
             except Exception as exc:
+                delays = delays or backoff()
                 delay = next(delays)
                 unreachable = database_trouble(exc) is Trouble.UNREACHABLE
                 if not unreachable or loop.time() + delay > deadline:
