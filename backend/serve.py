@@ -109,19 +109,18 @@ def main(args: Sequence[str]) -> None:
     """Run uvicorn's own CLI on the app with `args`, its server and workers draining; with
     `--migrate` among them, after applying the migrations."""
     _drain_seconds()  # a bad DRAIN_SECONDS (or any setting) stops here, before a port is bound
-    if MIGRATE not in args or not _PRINT_AND_EXIT.isdisjoint(args):  # --help migrates nothing
-        _serve([arg for arg in args if arg != MIGRATE])
-        return
-    from backend.config import get_settings
-    from backend.logs import configure_logging
-    from backend.migrate import upgrade_to_head
+    uvicorn_args = [arg for arg in args if arg != MIGRATE]
+    if MIGRATE in args and _PRINT_AND_EXIT.isdisjoint(args):  # --help migrates nothing
+        from backend.config import get_settings
+        from backend.logs import configure_logging
+        from backend.migrate import upgrade_to_head
 
-    settings = get_settings()
-    configure_logging(settings.log_level, settings.log_format)  # Alembic's lines, as the app's
-    # An embedded PostgreSQL stays up for the app, which finds it running; the last process
-    # holding it stops it as it exits (the lifespan of one worker, or the supervisor of N).
-    upgrade_to_head(settings)
-    _serve([arg for arg in args if arg != MIGRATE])
+        settings = get_settings()
+        configure_logging(settings.log_level, settings.log_format)  # Alembic's lines, as ours
+        # An embedded PostgreSQL stays up for the app, which finds it running; the last process
+        # holding it stops it as it exits (the lifespan of one worker, or the supervisor of N).
+        upgrade_to_head(settings)
+    _serve(uvicorn_args)
 
 
 def _serve(args: Sequence[str]) -> None:
