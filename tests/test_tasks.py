@@ -9,9 +9,10 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from backend.db import Row
 from backend.models import TaskOut
 from backend.responses import dumps
-from backend.routes.tasks import MAX_PAGE_BYTES
+from backend.routes.tasks import MAX_PAGE_BYTES, _first_that_fit
 from tests.conftest import Database, Headers, bearer, create_task
 
 UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -274,3 +275,42 @@ async def test_a_page_stops_at_its_byte_budget_and_link_yields_every_task_once(
     assert [task["id"] for page in pages for task in page.json()] == expected
     # About 8 KB a task (escapes: \\ is 2 bytes, U+0001 is 6): pages of ~60 tasks, not 1,000.
     assert 6 <= len(pages) <= 8
+
+
+async def test_pages_of_plain_text_are_nearly_full_and_link_yields_every_task_once(
+    client: httpx.AsyncClient, db: Database, alice: Headers
+) -> None:
+    """Without escapes a task's JSON is smaller than the budget's estimate of it: the page
+    still ends at the first task that starts past the estimate (and says so with Link), and
+    holds nearly 512 KiB, not a fraction of it."""
+    await create_task(client, alice, title="first")
+    await db.execute(
+        "INSERT INTO tasks (user_id, title, description)"
+        " SELECT 'alice', 't' || g, repeat('a', 2000) FROM generate_series(1, 400) g"
+    )
+    expected = [row[0] for row in await db.fetch("SELECT id FROM tasks ORDER BY id")]
+    pages = await _pages(client, "/api/alice/tasks", alice)
+    assert [task["id"] for page in pages for task in page.json()] == expected
+    assert len(pages) == 2
+    assert 0.9 * MAX_PAGE_BYTES < len(pages[0].content) <= MAX_PAGE_BYTES
+
+
+def _rows(*sizes: int) -> list[Row]:
+    return [{"id": n, "task_json": b"x" * size} for n, size in enumerate(sizes)]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "budget", "kept"),
+    [
+        ((10, 10, 10), 2 + 10 + 1 + 10, 2),  # [a,b]: exactly the budget
+        ((10, 10, 10), 2 + 10 + 1 + 10 - 1, 1),  # a byte short of two
+        ((10, 10, 10), 2 + 3 * 10 + 2, 3),
+        ((50, 10), 20, 1),  # one task at least, even past the budget
+    ],
+)
+def test_the_first_tasks_that_fit_are_counted_to_the_byte(
+    sizes: tuple[int, ...], budget: int, kept: int
+) -> None:
+    page = _first_that_fit(_rows(*sizes), budget)
+    assert len(page) == kept
+    assert len(b"[" + b",".join(row["task_json"] for row in page) + b"]") <= budget or kept == 1
