@@ -44,6 +44,12 @@ def test_openapi_command_writes_what_the_app_serves(
     assert capsys.readouterr().out == written
 
 
+def test_the_committed_contract_is_what_the_code_produces() -> None:
+    """make lint's check, here too: a route's status codes, models or descriptions changed
+    without `make contract` fail the tests (and mutation testing sees it)."""
+    assert cli.openapi_document() == (ROOT / "backend" / "openapi.json").read_text()
+
+
 def test_the_committed_contract_names_each_operation_after_its_endpoint() -> None:
     document = json.loads((ROOT / "backend" / "openapi.json").read_text())
     operation_ids = {
