@@ -109,13 +109,13 @@ async def test_the_pool_is_built_from_the_settings(
             # Session state outlives a release: no reset query per request (see _keep_session).
             await connection.execute("SET work_mem = '7MB'")
             backend_pid = connection.get_server_pid()
-            started = time.monotonic()
-            with pytest.raises(TimeoutError):  # DB_COMMAND_TIMEOUT_SECONDS
-                await connection.fetchval("SELECT pg_sleep(5)")
-            assert time.monotonic() - started < 2
         async with database.connection() as first, database.connection() as second:
             kept = first if first.get_server_pid() == backend_pid else second
             assert await kept.fetchval("SHOW work_mem") == "7MB"
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):  # DB_COMMAND_TIMEOUT_SECONDS
+                await kept.fetchval("SELECT pg_sleep(5)")
+            assert time.monotonic() - started < 2
 
             async def a_third() -> None:
                 async with database.connection():
