@@ -302,9 +302,10 @@ def _rows(*sizes: int) -> list[Row]:
 @pytest.mark.parametrize(
     ("sizes", "budget", "kept"),
     [
-        ((10, 10, 10), 2 + 10 + 1 + 10, 2),  # [a,b]: exactly the budget
-        ((10, 10, 10), 2 + 10 + 1 + 10 - 1, 1),  # a byte short of two
-        ((10, 10, 10), 2 + 3 * 10 + 2, 3),
+        ((11, 11, 11), 2 + 11 + 1 + 11, 2),  # [a,b]: exactly the budget
+        ((11, 11, 11), 2 + 11 + 1 + 11 - 1, 1),  # a byte short of two
+        ((11, 10, 11), 2 + 11 + 10 + 11 + 2, 3),
+        ((11, 10, 11), 2 + 11 + 10 + 11 + 2 - 1, 2),
         ((50, 10), 20, 1),  # one task at least, even past the budget
     ],
 )
