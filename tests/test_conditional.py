@@ -306,12 +306,13 @@ async def test_if_none_match_naming_another_version_lets_the_write_happen(
 ) -> None:
     created = await create_task(client, alice)
     task_id = created.json()["id"]
-    stale = f'"{task_id}.7", "{task_id + 1}.1"'  # another version, another task's tag
+    await db.execute("UPDATE tasks SET version = 3")  # as after two edits
+    others = f'"{task_id}.2", "{task_id}.7", "{task_id + 1}.3"'  # older, newer, another task's
     response = await client.request(
-        **_write(method, created.headers["Location"]), headers=alice | {"If-None-Match": stale}
+        **_write(method, created.headers["Location"]), headers=alice | {"If-None-Match": others}
     )
     assert response.status_code == (204 if method == "DELETE" else 200), response.text
-    assert await db.fetch(ROW) == ROWS_AFTER[method]
+    assert await db.fetch(ROW) == [(t, completed, 4) for t, completed, _ in ROWS_AFTER[method]]
 
 
 @pytest.mark.parametrize("method", WRITES)
