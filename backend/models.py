@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 MAX_ID = 2**63 - 1
+MAX_PAGE = 1000  # tasks in one list page
 TITLE_MAX = 200
 DESCRIPTION_MAX = 2000
 USER_ID_MAX = 255
@@ -166,6 +167,16 @@ class UpdateTask(_Body):
         if self.completed is None and "completed" in self.model_fields_set:
             raise ValueError("completed cannot be null")
         return self
+
+
+class ListQuery(SQLModel):
+    """The list's query parameters (`GET /api/{user_id}/tasks?completed=&limit=&after_id=`)."""
+
+    model_config = ConfigDict(frozen=True)  # type: ignore[assignment]  # one default, shared
+
+    completed: bool | None = Field(default=None, description="Only completed (or open) tasks.")
+    limit: int = Field(default=MAX_PAGE, ge=1, le=MAX_PAGE, description="Page size.")
+    after_id: int = Field(default=0, ge=0, le=MAX_ID, description="Start after this id.")
 
 
 class TaskOut(SQLModel):

@@ -26,7 +26,7 @@ from backend.conditional import (
     task_etag,
 )
 from backend.db import Executor, Row
-from backend.deps import CurrentUser, TaskId, database_of
+from backend.deps import CurrentUser, TaskId, database_of, query_of, query_parameters
 from backend.errors import (
     ApiError,
     DatabaseBusy,
@@ -51,10 +51,9 @@ from backend.errors import (
     UnsupportedMediaType,
     documented,
 )
-from backend.models import MAX_ID, CreateTask, TaskOut, UpdateTask
+from backend.models import CreateTask, ListQuery, TaskOut, UpdateTask
 from backend.responses import JsonResponse
 
-MAX_PAGE = 1000
 # A page also ends before its JSON passes this size (a user's tasks can be long: 1,000 of them
 # up to 13 MB); the Link header continues it, so following Link still yields every task once.
 MAX_PAGE_BYTES = 512 * 1024
@@ -115,6 +114,15 @@ _IDEMPOTENCY_KEY = _header(
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=_ANY_REQUEST)
 
 
+def _declares_list_query(query: Annotated[ListQuery, Query()]) -> None:
+    """Never called: the list's query parameters in OpenAPI, as FastAPI writes them from this
+    signature. The route reads them itself (`query_of`), with the same validation."""
+
+
+_LIST_QUERY = query_parameters(_declares_list_query)
+_ALL_TASKS = ListQuery()  # the list's query when none is sent
+
+
 def _task(row: Row, status_code: int = 200, headers: dict[str, str] | None = None) -> JsonResponse:
     task = dict(row)
     headers = {**(headers or {}), "ETag": task_etag(task["id"], task.pop("version"))}
@@ -161,15 +169,10 @@ async def _refusal(
         304: _sent(_PAGE_ETAG, _NOT_MODIFIED),
         **documented(InvalidPrecondition),
     },
-    openapi_extra={"parameters": [_IF_NONE_MATCH]},
+    openapi_extra={"parameters": [*_LIST_QUERY, _IF_NONE_MATCH]},
 )
-async def list_tasks(
-    request: Request,
-    user: CurrentUser,
-    completed: Annotated[bool | None, Query(description="Only completed (or open) tasks.")] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = MAX_PAGE,
-    after_id: Annotated[int, Query(ge=0, le=MAX_ID, description="Start after this id.")] = 0,
-) -> Response:
+async def list_tasks(request: Request, user: CurrentUser) -> Response:
+    asked = query_of(request, ListQuery, _ALL_TASKS)
     database = database_of(request)
     wanted = if_none_match(request.headers)
     # One row more than the page holds (past `limit`, or past the byte budget) says that
@@ -177,12 +180,12 @@ async def list_tasks(
     rows = await crud.list_page(
         database,
         user.id,
-        after_id=after_id,
-        rows=limit + 1,
-        completed=completed,
+        after_id=asked.after_id,
+        rows=asked.limit + 1,
+        completed=asked.completed,
         budget=MAX_PAGE_BYTES,
     )
-    more = len(rows) > limit or (len(rows) > 1 and rows[-1]["page_bytes"] > MAX_PAGE_BYTES)
+    more = len(rows) > asked.limit or (len(rows) > 1 and rows[-1]["page_bytes"] > MAX_PAGE_BYTES)
     page = rows[:-1] if more else rows
     body = _json_array(page)
     if len(body) > MAX_PAGE_BYTES and len(page) > 1:  # JSON's escapes outgrew the text

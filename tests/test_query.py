@@ -1,0 +1,99 @@
+"""The list's query string, read by the route itself (backend/deps.query_of), is validated as
+FastAPI validated it when the route declared its three parameters: the same values, the same
+422s, error for error. No database: two small apps, the route as it was and as it is."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Query, Request
+
+from backend.deps import query_of
+from backend.errors import install_error_handlers
+from backend.models import MAX_ID, MAX_PAGE, ListQuery
+
+QUERIES = [
+    "",
+    "limit=20&after_id=7&completed=true",
+    "limit=0",
+    "limit=1001",
+    "limit=x",
+    "limit=",
+    "limit=1.0",
+    "limit=1.5",
+    "limit=%2B5",
+    "limit=%205",
+    "limit=1_000",
+    "limit=5&limit=7",  # the last of a repeated name
+    "limit=5&limit=x",
+    "limit=x&limit=5",
+    "Limit=0",  # names are case-sensitive: unknown, ignored
+    "unknown=1&limit=3",
+    "after_id=-1",
+    f"after_id={MAX_ID}",
+    f"after_id={MAX_ID + 1}",
+    "completed=maybe",
+    "completed=",
+    "completed=null",
+    "completed=1",
+    "completed=off",
+    "completed=TRUE",
+    "limit=abc&after_id=-1&completed=x",  # three errors, in declaration order
+    "after_id=x&limit=0",
+    "limit=%00",
+]
+
+
+def _declared() -> FastAPI:
+    """The route before: FastAPI resolved each declared parameter."""
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/")
+    async def declared(
+        completed: Annotated[bool | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+        after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    ) -> dict[str, Any]:
+        return {"completed": completed, "limit": limit, "after_id": after_id}
+
+    return app
+
+
+def _read_in_the_route() -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/")
+    async def read(request: Request) -> dict[str, Any]:
+        return query_of(request, ListQuery, ListQuery()).model_dump()
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def apps() -> tuple[FastAPI, FastAPI]:
+    return _declared(), _read_in_the_route()
+
+
+@pytest.mark.parametrize("query", QUERIES)
+async def test_the_query_is_read_as_fastapi_read_it(
+    apps: tuple[FastAPI, FastAPI], query: str
+) -> None:
+    answers = []
+    for app in apps:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.get(f"/?{query}")
+        answers.append((response.status_code, response.json()))
+    assert answers[1] == answers[0]
+    assert answers[0][0] in (200, 422)
+
+
+async def test_an_empty_query_is_the_default_itself() -> None:
+    """No query string: no validation, the default given (the route's shared instance)."""
+    default = ListQuery(limit=3)
+    scope = {"type": "http", "method": "GET", "path": "/", "query_string": b"", "headers": []}
+    assert query_of(Request(scope), ListQuery, default) is default
