@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from backend.auth import AuthUser, TokenVerifier
 from backend.db import Database
@@ -39,12 +39,16 @@ async def get_database(request: Request) -> Database:
     return database_of(request)
 
 
+UserId = Annotated[str, Path(description="The signed-in user's id (the token's `sub`).")]
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The task's id.")]
+
+
 async def get_current_user(
     request: Request,
-    user_id: Annotated[str, Path(description="The signed-in user's id (the token's `sub`).")],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> AuthUser:
-    """The signed-in user: the bearer token verified, provided the path names that same user.
+    """The signed-in user: the bearer token verified, provided the path's `user_id` names that
+    same user (a string, so it needs no validation; routes declare it with `parameters`).
 
     401 when the header is missing, not Bearer, or the token bad; 403 when the path is another
     user's; 429 when RATE_LIMIT_PER_MINUTE is on and spent. One dependency for all three (the
@@ -55,7 +59,7 @@ async def get_current_user(
         raise TokenMissing("Missing bearer token in the Authorization header.")
     verifier: TokenVerifier = request.app.state.verifier
     user = await verifier.verify(credentials.credentials)
-    if user_id != user.id:
+    if request.path_params["user_id"] != user.id:
         raise Forbidden("The path user_id does not match the signed-in user.")
     limiter: RateLimiter | None = request.app.state.rate_limiter
     if limiter is not None and (wait := await limiter.retry_after(user.id)) is not None:
@@ -63,36 +67,49 @@ async def get_current_user(
     return user
 
 
+# Parameters a route reads in its body. FastAPI resolves each parameter a route declares on
+# every request, sent or not, at several microseconds each: the list's three query parameters
+# were 3-13% of the mixed workload's CPU per request, the path's task id and user id about 6%
+# (bench/_cpu_per_request). These read them with the same validation and the same 422 (each
+# error at `("query" | "path", name)`); `parameters` gives the OpenAPI FastAPI would write.
+
 Query = TypeVar("Query", bound=BaseModel)
+_TASK_ID: TypeAdapter[int] = TypeAdapter(TaskId)
 
 
 def query_of(request: Request, model: type[Query], default: Query) -> Query:
-    """The request's query string as `model`, validated as FastAPI validates query parameters
-    (the last of repeated names, unknown names ignored), failing with the 422 FastAPI would
-    raise: each error at `("query", name)`. `default` when the query string is empty.
-
-    FastAPI resolves each query parameter a route declares on every request, sent or not: for
-    the list's three that was 8% of the mixed workload's CPU (bench/_cpu_per_request). A route
-    calls this in its body instead, and declares `query_parameters(...)` for OpenAPI."""
+    """The query string as `model`, read as FastAPI reads query parameters: the last of a
+    repeated name, unknown names ignored. `default` when the query string is empty."""
     if not request.scope["query_string"]:
         return default
     try:
         return model.model_validate(dict(request.query_params))
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in errors]) from None
+        raise _invalid(("query",), exc) from None
 
 
-def query_parameters(declaration: Callable[..., Any]) -> list[dict[str, Any]]:
-    """The OpenAPI parameters FastAPI writes for `declaration`'s signature (a function never
-    called, taking `Annotated[Model, Query()]`): for a route's `openapi_extra`, so its docs are
-    what declaring the model as its query would give."""
-    route = APIRoute("/", declaration, methods=["GET"])
-    operation = get_openapi(title="", version="", routes=[route])["paths"]["/"]["get"]
-    parameters: list[dict[str, Any]] = operation["parameters"]
-    return parameters
+def task_id_of(request: Request) -> int:
+    """The path's `{task_id}`, validated as `TaskId`."""
+    try:
+        return _TASK_ID.validate_python(request.path_params["task_id"])
+    except ValidationError as exc:
+        raise _invalid(("path", "task_id"), exc) from None
+
+
+def _invalid(at: tuple[str, ...], exc: ValidationError) -> RequestValidationError:
+    errors = exc.errors(include_url=False)
+    return RequestValidationError([{**e, "loc": (*at, *e["loc"])} for e in errors])
+
+
+def parameters(path: str, declaration: Callable[..., Any]) -> list[dict[str, Any]]:
+    """The OpenAPI parameters FastAPI writes for a GET of `path` whose endpoint has
+    `declaration`'s signature (a function never called): for a route's `openapi_extra`, so
+    its docs are those of a route that declares them."""
+    route = APIRoute(path, declaration, methods=["GET"])
+    operation = get_openapi(title="", version="", routes=[route])["paths"][path]["get"]
+    found: list[dict[str, Any]] = operation["parameters"]
+    return found
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
 CurrentUser = Annotated[AuthUser, Depends(get_current_user)]
-TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The task's id.")]

@@ -26,7 +26,15 @@ from backend.conditional import (
     task_etag,
 )
 from backend.db import Executor, Row
-from backend.deps import CurrentUser, TaskId, database_of, query_of, query_parameters
+from backend.deps import (
+    CurrentUser,
+    TaskId,
+    UserId,
+    database_of,
+    parameters,
+    query_of,
+    task_id_of,
+)
 from backend.errors import (
     ApiError,
     DatabaseBusy,
@@ -114,12 +122,14 @@ _IDEMPOTENCY_KEY = _header(
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=_ANY_REQUEST)
 
 
-def _declares_list_query(query: Annotated[ListQuery, Query()]) -> None:
-    """Never called: the list's query parameters in OpenAPI, as FastAPI writes them from this
-    signature. The route reads them itself (`query_of`), with the same validation."""
+# The parameters the routes read themselves (backend/deps.py says why), in OpenAPI as FastAPI
+# writes them from these signatures. The functions are never called.
+def _declares_path(user_id: UserId, task_id: TaskId) -> None: ...
+def _declares_list_query(query: Annotated[ListQuery, Query()]) -> None: ...
 
 
-_LIST_QUERY = query_parameters(_declares_list_query)
+_USER_ID, _TASK_ID = parameters("/{user_id}/{task_id}", _declares_path)
+_LIST_QUERY = parameters("/", _declares_list_query)
 _ALL_TASKS = ListQuery()  # the list's query when none is sent
 
 
@@ -169,7 +179,7 @@ async def _refusal(
         304: _sent(_PAGE_ETAG, _NOT_MODIFIED),
         **documented(InvalidPrecondition),
     },
-    openapi_extra={"parameters": [*_LIST_QUERY, _IF_NONE_MATCH]},
+    openapi_extra={"parameters": [_USER_ID, *_LIST_QUERY, _IF_NONE_MATCH]},
 )
 async def list_tasks(request: Request, user: CurrentUser) -> Response:
     asked = query_of(request, ListQuery, _ALL_TASKS)
@@ -212,7 +222,7 @@ async def list_tasks(request: Request, user: CurrentUser) -> Response:
         201: _sent({"Location": "The new task's URL."} | _ETAG | _REPLAYED),
         **documented(*_BODY, *_KEYED),
     },
-    openapi_extra={"parameters": [_IDEMPOTENCY_KEY]},
+    openapi_extra={"parameters": [_USER_ID, _IDEMPOTENCY_KEY]},
 )
 async def create_task(request: Request, body: CreateTask, user: CurrentUser) -> Response:
     database = database_of(request)
@@ -235,9 +245,10 @@ async def create_task(request: Request, body: CreateTask, user: CurrentUser) -> 
         304: _sent(_ETAG, _NOT_MODIFIED),
         **documented(InvalidPrecondition, TaskNotFound),
     },
-    openapi_extra={"parameters": [_IF_NONE_MATCH]},
+    openapi_extra={"parameters": [_TASK_ID, _USER_ID, _IF_NONE_MATCH]},
 )
-async def read_task(request: Request, task_id: TaskId, user: CurrentUser) -> Response:
+async def read_task(request: Request, user: CurrentUser) -> Response:
+    task_id = task_id_of(request)
     database = database_of(request)
     wanted = if_none_match(request.headers)
     row = await crud.read(database, user.id, task_id)
@@ -258,7 +269,7 @@ async def read_task(request: Request, task_id: TaskId, user: CurrentUser) -> Res
         200: _sent(_ETAG),
         **documented(*_BODY, InvalidPrecondition, TaskNotFound, PreconditionFailed),
     },
-    openapi_extra={"parameters": [_IF_MATCH]},
+    openapi_extra={"parameters": [_USER_ID, _IF_MATCH]},
 )
 async def update_task(
     request: Request, task_id: TaskId, body: UpdateTask, user: CurrentUser
@@ -287,9 +298,10 @@ async def update_task(
     summary="Delete a task",
     description="With `If-Match`, only while the task is as the client last saw it.",
     responses=documented(InvalidPrecondition, TaskNotFound, PreconditionFailed),
-    openapi_extra={"parameters": [_IF_MATCH]},
+    openapi_extra={"parameters": [_TASK_ID, _USER_ID, _IF_MATCH]},
 )
-async def delete_task(request: Request, task_id: TaskId, user: CurrentUser) -> Response:
+async def delete_task(request: Request, user: CurrentUser) -> Response:
+    task_id = task_id_of(request)
     database = database_of(request)
     conditions = preconditions(request.headers, task_id)
     if not await crud.delete(database, user.id, task_id, conditions):
@@ -308,9 +320,10 @@ async def delete_task(request: Request, task_id: TaskId, user: CurrentUser) -> R
         200: _sent(_ETAG | _REPLAYED),
         **documented(InvalidPrecondition, *_KEYED, TaskNotFound, PreconditionFailed),
     },
-    openapi_extra={"parameters": [_IF_MATCH, _IDEMPOTENCY_KEY]},
+    openapi_extra={"parameters": [_TASK_ID, _USER_ID, _IF_MATCH, _IDEMPOTENCY_KEY]},
 )
-async def toggle_task(request: Request, task_id: TaskId, user: CurrentUser) -> Response:
+async def toggle_task(request: Request, user: CurrentUser) -> Response:
+    task_id = task_id_of(request)
     database = database_of(request)
     conditions = preconditions(request.headers, task_id)
 

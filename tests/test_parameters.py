@@ -1,6 +1,6 @@
-"""The list's query string, read by the route itself (backend/deps.query_of), is validated as
-FastAPI validated it when the route declared its three parameters: the same values, the same
-422s, error for error. No database: two small apps, the route as it was and as it is."""
+"""Parameters the routes read themselves (backend/deps.py: the list's query string, the path's
+task id) are validated as FastAPI validated them when the routes declared them: the same values,
+the same 422s, error for error. No database: small apps, the route as it was and as it is."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Query, Request
 
-from backend.deps import query_of
+from backend.deps import TaskId, query_of, task_id_of
 from backend.errors import install_error_handlers
 from backend.models import MAX_ID, MAX_PAGE, ListQuery
 
@@ -73,23 +73,68 @@ def _read_in_the_route() -> FastAPI:
     return app
 
 
-@pytest.fixture(scope="module")
-def apps() -> tuple[FastAPI, FastAPI]:
-    return _declared(), _read_in_the_route()
+TASK_IDS = ["1", "7", "0", "-1", str(MAX_ID), str(MAX_ID + 1), "abc", "1.0", "1.5", "%2B5"]
+TASK_IDS += ["%205", "1_000", "007", "%00", "%EF%BC%91%EF%BC%92", "1e3", "0x10", "true"]
 
 
-@pytest.mark.parametrize("query", QUERIES)
-async def test_the_query_is_read_as_fastapi_read_it(
-    apps: tuple[FastAPI, FastAPI], query: str
-) -> None:
+def _declared_task_id() -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/tasks/{task_id}")
+    async def declared(task_id: TaskId) -> dict[str, Any]:
+        return {"task_id": task_id}
+
+    return app
+
+
+def _task_id_in_the_route() -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/tasks/{task_id}")
+    async def read(request: Request) -> dict[str, Any]:
+        return {"task_id": task_id_of(request)}
+
+    return app
+
+
+async def _answers(apps: tuple[FastAPI, ...], url: str) -> list[tuple[int, Any]]:
     answers = []
     for app in apps:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            response = await client.get(f"/?{query}")
+            response = await client.get(url)
         answers.append((response.status_code, response.json()))
-    assert answers[1] == answers[0]
-    assert answers[0][0] in (200, 422)
+    return answers
+
+
+@pytest.fixture(scope="module")
+def query_apps() -> tuple[FastAPI, FastAPI]:
+    return _declared(), _read_in_the_route()
+
+
+@pytest.fixture(scope="module")
+def task_id_apps() -> tuple[FastAPI, FastAPI]:
+    return _declared_task_id(), _task_id_in_the_route()
+
+
+@pytest.mark.parametrize("query", QUERIES)
+async def test_the_query_is_read_as_fastapi_read_it(
+    query_apps: tuple[FastAPI, FastAPI], query: str
+) -> None:
+    before, now = await _answers(query_apps, f"/?{query}")
+    assert now == before
+    assert before[0] in (200, 422)
+
+
+@pytest.mark.parametrize("task_id", TASK_IDS)
+async def test_the_task_id_is_read_as_fastapi_read_it(
+    task_id_apps: tuple[FastAPI, FastAPI], task_id: str
+) -> None:
+    before, now = await _answers(task_id_apps, f"/tasks/{task_id}")
+    assert now == before
+    assert before[0] in (200, 422)
 
 
 async def test_an_empty_query_is_the_default_itself() -> None:
