@@ -4,6 +4,7 @@ the same 422s, error for error. No database: small apps, the route as it was and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import httpx
@@ -46,57 +47,38 @@ QUERIES = [
 ]
 
 
-def _declared() -> FastAPI:
-    """The route before: FastAPI resolved each declared parameter."""
-    app = FastAPI()
-    install_error_handlers(app)
-
-    @app.get("/")
-    async def declared(
-        completed: Annotated[bool | None, Query()] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
-        after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
-    ) -> dict[str, Any]:
-        return {"completed": completed, "limit": limit, "after_id": after_id}
-
-    return app
-
-
-def _read_in_the_route() -> FastAPI:
-    app = FastAPI()
-    install_error_handlers(app)
-
-    @app.get("/")
-    async def read(request: Request) -> dict[str, Any]:
-        return query_of(request, ListQuery, ListQuery()).model_dump()
-
-    return app
-
-
 TASK_IDS = ["1", "7", "0", "-1", str(MAX_ID), str(MAX_ID + 1), "abc", "1.0", "1.5", "%2B5"]
 TASK_IDS += ["%205", "1_000", "007", "%00", "%EF%BC%91%EF%BC%92", "1e3", "0x10", "true"]
 
 
-def _declared_task_id() -> FastAPI:
+def _app(path: str, endpoint: Callable[..., Any]) -> FastAPI:
+    """An app with our error handlers and one GET route."""
     app = FastAPI()
     install_error_handlers(app)
-
-    @app.get("/tasks/{task_id}")
-    async def declared(task_id: TaskId) -> dict[str, Any]:
-        return {"task_id": task_id}
-
+    app.get(path)(endpoint)
     return app
 
 
-def _task_id_in_the_route() -> FastAPI:
-    app = FastAPI()
-    install_error_handlers(app)
+# The routes before: FastAPI resolved each declared parameter.
+async def _declared_query(
+    completed: Annotated[bool | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+    after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+) -> dict[str, Any]:
+    return {"completed": completed, "limit": limit, "after_id": after_id}
 
-    @app.get("/tasks/{task_id}")
-    async def read(request: Request) -> dict[str, Any]:
-        return {"task_id": task_id_of(request)}
 
-    return app
+async def _declared_task_id(task_id: TaskId) -> dict[str, Any]:
+    return {"task_id": task_id}
+
+
+# The routes now: they read the parameters themselves.
+async def _query_read_in_the_route(request: Request) -> dict[str, Any]:
+    return query_of(request, ListQuery, ListQuery()).model_dump()
+
+
+async def _task_id_read_in_the_route(request: Request) -> dict[str, Any]:
+    return {"task_id": task_id_of(request)}
 
 
 async def _answers(apps: tuple[FastAPI, ...], url: str) -> list[tuple[int, Any]]:
@@ -111,12 +93,13 @@ async def _answers(apps: tuple[FastAPI, ...], url: str) -> list[tuple[int, Any]]
 
 @pytest.fixture(scope="module")
 def query_apps() -> tuple[FastAPI, FastAPI]:
-    return _declared(), _read_in_the_route()
+    return _app("/", _declared_query), _app("/", _query_read_in_the_route)
 
 
 @pytest.fixture(scope="module")
 def task_id_apps() -> tuple[FastAPI, FastAPI]:
-    return _declared_task_id(), _task_id_in_the_route()
+    path = "/tasks/{task_id}"
+    return _app(path, _declared_task_id), _app(path, _task_id_read_in_the_route)
 
 
 @pytest.mark.parametrize("query", QUERIES)
